@@ -1,0 +1,213 @@
+"""LeGRSearch: learn the transform by regularized evolution, with a resumable state file."""
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence, Union
+
+import numpy as np
+from torch import nn
+
+from lightning_legr._io import PathLike, read_json, write_json
+from lightning_legr.evolution import RegularizedEvolution
+from lightning_legr.pruner import LeGRPruner
+from lightning_legr.selection import check_budget
+from lightning_legr.structure import ExampleInputs
+from lightning_legr.transform import Transform
+
+__all__ = ["Generation", "LeGRSearch", "learn_transform", "check_budgets"]
+
+STATE_FORMAT = "lightning-legr/search-state"
+Fitness = Callable[[nn.Module], float]
+
+
+def check_budgets(flops: Union[float, Sequence[float]]) -> list:
+    """Validate a budget or a list of budgets: numbers in (0, 1], at least one, no duplicates."""
+    budgets = [flops] if isinstance(flops, (int, float)) else list(flops)
+    if not budgets:
+        raise ValueError("`flops` is empty: give at least one budget in (0, 1], e.g. flops=[0.3, 0.5, 0.7]")
+    budgets = [check_budget(f) for f in budgets]
+    duplicated = sorted({f for f in budgets if budgets.count(f) > 1})
+    if duplicated:
+        raise ValueError(f"`flops` lists {duplicated} more than once; give each budget once.")
+    return budgets
+
+
+@dataclass
+class Generation:
+    """What one generation of the search produced."""
+
+    generation: int
+    fitness: float
+    best_fitness: float
+    mean_fitness: float
+    widths: np.ndarray
+    flops: float
+    seconds: float
+
+
+class LeGRSearch:
+    """Learns ``(alpha, kappa)`` so that pruning to ``flops`` by the transformed ranking gives the
+    lowest fitness (e.g. validation loss after ``tau`` fine-tune steps, which ``fitness`` does).
+
+    Args:
+        pruner: the model's :class:`~lightning_legr.pruner.LeGRPruner`.
+        fitness: called with each candidate's pruned copy; returns a float, lower is better.
+        flops: the budget candidates are pruned to (the smallest of the budgets you want).
+        state_path: a JSON file the search's state is written to after every generation; if it
+            exists, the search resumes from it. ``None``: no file.
+        **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
+            ``min_step``, ``seed`` of :class:`~lightning_legr.evolution.RegularizedEvolution`.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_legr.models import cifar_resnet
+        >>> model, x = cifar_resnet(20), torch.randn(8, 3, 32, 32)
+        >>> pruner = LeGRPruner(model, x[:1])
+        >>> fitness = lambda pruned: (pruned(x) - model(x)).pow(2).mean().item()
+        >>> search = LeGRSearch(pruner, fitness, flops=0.5, generations=6, population=4, sample_size=2)
+        >>> transform = search.run()
+        >>> search.evolution.generation
+        6
+    """
+
+    def __init__(
+        self,
+        pruner: LeGRPruner,
+        fitness: Fitness,
+        flops: float,
+        state_path: Optional[PathLike] = None,
+        **evolution: Any,
+    ) -> None:
+        if not callable(fitness):
+            raise TypeError(f"`fitness` must be a callable (pruned model -> float), got {type(fitness).__name__}")
+        self.pruner = pruner
+        self.fitness = fitness
+        self.flops = check_budget(flops)
+        self.pruner.select(self.flops)  # an unreachable budget fails here, before any evaluation
+        self.evolution = RegularizedEvolution(pruner.score_spread(), **evolution)
+        self.state_path = None if state_path is None else os.fspath(state_path)
+        if self.state_path and os.path.exists(self.state_path):
+            self.load_state_dict(read_json(self.state_path))
+
+    @property
+    def done(self) -> bool:
+        return self.evolution.done
+
+    def step(self) -> Generation:
+        """Evaluate one candidate; write the state file if there is one."""
+        start = time.perf_counter()
+        transform = self._transform(*self.evolution.ask())
+        selection = self.pruner.select(self.flops, transform)
+        fitness = float(self.fitness(self.pruner.apply(selection)))
+        self.evolution.tell(fitness)
+        if self.state_path:
+            write_json(self.state_path, self.state_dict())
+        _, best, mean = self.evolution.history[-1]
+        return Generation(
+            self.evolution.generation - 1, fitness, best, mean, selection.widths, selection.ratio,
+            time.perf_counter() - start,
+        )
+
+    def run(self, on_generation: Optional[Callable[[Generation], None]] = None) -> Transform:
+        """Run the remaining generations and return the best transform."""
+        while not self.done:
+            result = self.step()
+            if on_generation is not None:
+                on_generation(result)
+        return self.best_transform()
+
+    def best_transform(self) -> Transform:
+        """The best transform found so far (the identity before any generation)."""
+        best = self.evolution.best
+        if best is None:
+            return self.pruner.identity()
+        alpha, kappa, fitness, generation = best
+        info = {
+            "fitness": fitness if math.isfinite(fitness) else None,
+            "generation": generation,
+            "search_flops": self.flops,
+            "generations": self.evolution.generations,
+            "population": self.evolution.population,
+            "seed": self.evolution.seed,
+        }
+        return self._transform(alpha, kappa, info)
+
+    def _transform(self, alpha: np.ndarray, kappa: np.ndarray, info: Optional[Dict[str, Any]] = None) -> Transform:
+        return Transform(alpha, kappa, self.pruner.structure.signature(), self.pruner.criterion.name, info or {})
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "groups": [list(g) for g in self.pruner.structure.signature()],
+            "criterion": self.pruner.criterion.name,
+            "safeguard": self.pruner.safeguard,
+            "round_to": self.pruner.round_to,
+            "flops": self.flops,
+            "evolution": self.evolution.state_dict(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Resume from a saved state; refuse one that belongs to a different search."""
+        where = self.state_path or "The saved search state"
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{where} is not a lightning-legr search state.")
+        mine = self.state_dict()
+        differs = [k for k in ("groups", "criterion", "safeguard", "round_to", "flops") if state.get(k) != mine[k]]
+        if differs:
+            raise ValueError(
+                f"{where} belongs to another search (different {', '.join(differs)}). Use another state path"
+                " (or dirpath), or delete it to start over."
+            )
+        try:
+            self.evolution.load_state_dict(state["evolution"])
+        except ValueError as err:
+            raise ValueError(f"{where} belongs to another search: {err} Use another path, or delete it.") from None
+
+
+def learn_transform(
+    model: nn.Module,
+    example_inputs: ExampleInputs,
+    flops: Union[float, Sequence[float]],
+    fitness: Fitness,
+    state_path: Optional[PathLike] = None,
+    on_generation: Optional[Callable[[Generation], None]] = None,
+    generations: int = 400,
+    population: int = 64,
+    sample_size: int = 16,
+    mutation_rate: float = 0.1,
+    sigma: float = 1.0,
+    seed: int = 0,
+    **pruner_kwargs: Any,
+) -> Transform:
+    """Learn a LeGR transform for ``model`` without Lightning.
+
+    Every budget in ``flops`` is checked first (reachable under the safeguard); the search prunes
+    candidates to the smallest one, as in the paper. ``fitness(pruned_model) -> float`` is yours:
+    validation loss, possibly after a few fine-tune steps; lower is better.
+
+    Keyword arguments not listed go to :class:`~lightning_legr.pruner.LeGRPruner` (``criterion``,
+    ``safeguard``, ``round_to``, ``ignored_layers``, ``customized_pruners``).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_legr.models import cifar_resnet
+        >>> model, x = cifar_resnet(20), torch.randn(8, 3, 32, 32)
+        >>> fitness = lambda pruned: (pruned(x) - model(x)).pow(2).mean().item()
+        >>> t = learn_transform(model, x[:1], [0.3, 0.6], fitness, generations=5, population=4, sample_size=2)
+        >>> len(t.alpha) == len(t.groups)
+        True
+    """
+    budgets = check_budgets(flops)
+    pruner = LeGRPruner(model, example_inputs, **pruner_kwargs)
+    for budget in budgets:
+        pruner.select(budget)
+    search = LeGRSearch(
+        pruner, fitness, min(budgets), state_path, generations=generations, population=population,
+        sample_size=sample_size, mutation_rate=mutation_rate, sigma=sigma, seed=seed,
+    )
+    return search.run(on_generation)

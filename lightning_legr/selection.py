@@ -1,0 +1,167 @@
+"""LeGR-Pruning: which channels to remove to meet a FLOP budget, given a global ranking."""
+
+import math
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from lightning_legr.flops import FlopModel
+from lightning_legr.structure import Structure
+
+__all__ = ["Selection", "Selector", "check_budget"]
+
+
+def _sum_columns(incidence: np.ndarray, column_unit: np.ndarray, units: int) -> np.ndarray:
+    """Add up the incidence columns of each unit's channels: (layers x channels) -> (layers x units)."""
+    summed = np.zeros((units + 1, incidence.shape[0]))
+    np.add.at(summed, column_unit, incidence.T)
+    return summed[:units].T.copy()
+
+
+def check_budget(flops: float, name: str = "flops") -> float:
+    """Validate one budget, a fraction of the original FLOPs in (0, 1]."""
+    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops):
+        raise ValueError(f"`{name}` must be a number in (0, 1] (a fraction of the original FLOPs), got {flops!r}")
+    if not 0 < flops <= 1:
+        raise ValueError(
+            f"`{name}` must be in (0, 1], a fraction of the original FLOPs to keep (0.5 keeps half), got {flops}"
+        )
+    return float(flops)
+
+
+@dataclass
+class Selection:
+    """The outcome of LeGR-Pruning for one budget."""
+
+    budget: float
+    removed: List[np.ndarray]  # per group: the removed group channels, sorted
+    widths: np.ndarray  # per group: channels kept
+    flops: float  # analytic FLOPs after removal
+    total_flops: float
+
+    @property
+    def ratio(self) -> float:
+        return self.flops / self.total_flops
+
+
+class Selector:
+    """Precomputes what does not depend on the transform, so that one selection takes milliseconds.
+
+    Within a group every channel gets the same (alpha > 0, kappa), so the group's own order (by base
+    score) never changes: the safeguard's protected channels and the removal units are fixed once.
+
+    Args:
+        structure: the model's channel groups.
+        flop_model: its FLOP model.
+        base_scores: per group, the base importance of each channel.
+        safeguard: share of every group that is always kept; at least one channel.
+        round_to: keep every group's width a multiple of this (or its full width).
+    """
+
+    def __init__(
+        self,
+        structure: Structure,
+        flop_model: FlopModel,
+        base_scores: Sequence[np.ndarray],
+        safeguard: float = 0.1,
+        round_to: int = 1,
+    ) -> None:
+        if not 0 <= safeguard <= 1:
+            raise ValueError(f"`safeguard` must be in [0, 1] (the share of each group always kept), got {safeguard}")
+        if not isinstance(round_to, int) or round_to < 1:
+            raise ValueError(f"`round_to` must be a positive integer, got {round_to!r}")
+        self.flop_model = flop_model
+        self.widths = structure.widths
+        self.num_channels = structure.num_channels
+        units_group, units_score, units_channels = [], [], []
+        self.min_widths = np.zeros(len(self.widths), dtype=np.int64)
+        for g, (width, scores) in enumerate(zip(self.widths, base_scores)):
+            keep = min(width, max(math.ceil(safeguard * width - 1e-9), 1))
+            keep = min(width, -(-keep // round_to) * round_to)
+            self.min_widths[g] = keep
+            ascending = np.argsort(scores, kind="stable")
+            removable = ascending[: width - keep]
+            first = (width - keep) % round_to
+            chunks = ([removable[:first]] if first else []) + [
+                removable[i : i + round_to] for i in range(first, len(removable), round_to)
+            ]
+            for chunk in chunks:
+                units_group.append(g)
+                units_score.append(float(np.mean(scores[chunk])))
+                units_channels.append(np.sort(chunk) + structure.offsets[g])
+        self.unit_group = np.asarray(units_group, dtype=np.int64)
+        self.unit_score = np.asarray(units_score, dtype=np.float64)
+        self.unit_channels = units_channels
+        self.channel_unit = np.full(self.num_channels, len(units_channels), dtype=np.int64)  # past the end: kept
+        for u, channels in enumerate(units_channels):
+            self.channel_unit[channels] = u
+        self.unit_in = _sum_columns(flop_model.in_incidence, self.channel_unit, len(units_channels))
+        self.unit_out = _sum_columns(flop_model.out_incidence, self.channel_unit, len(units_channels))
+        self.offsets = structure.offsets
+
+    @property
+    def min_flops(self) -> float:
+        """FLOPs with every removable unit removed: the smallest reachable budget."""
+        return self.flop_model.prefix_flops(self.unit_out.sum(1), self.unit_in.sum(1))
+
+    def select(self, alpha: np.ndarray, kappa: np.ndarray, budget: float) -> Selection:
+        """Remove the globally lowest-ranked units until FLOPs <= budget x original, then put back the
+        highest-ranked removed units that still fit, so the result lands as close under the budget as
+        the channel granularity allows."""
+        budget = check_budget(budget)
+        total = self.flop_model.total
+        target = budget * total
+        score = alpha[self.unit_group] * self.unit_score + kappa[self.unit_group]
+        order = np.argsort(score, kind="stable")
+        cum_out = np.cumsum(self.unit_out[:, order], axis=1).T
+        cum_in = np.cumsum(self.unit_in[:, order], axis=1).T
+        prefix = self.flop_model.prefix_flops(cum_out, cum_in)
+        tolerance = 1e-9 * total
+        fits = np.flatnonzero(prefix <= target + tolerance)
+        if total <= target + tolerance:
+            count = 0
+        elif len(fits) == 0:
+            lowest = (prefix[-1] if len(prefix) else total) / total
+            raise ValueError(
+                f"A FLOP budget of {budget:g} cannot be reached: keeping max(safeguard x width, 1) channels"
+                f" of every group leaves at least {lowest:.4f} of the FLOPs. Raise the budget to {lowest:.4f}"
+                " or more, or lower `safeguard`."
+            )
+        else:
+            count = int(fits[0]) + 1
+        removed_units = np.zeros(len(order), dtype=bool)
+        removed_units[order[:count]] = True
+        self._fill(removed_units, score, target + tolerance)
+        return self._selection(removed_units, budget)
+
+    def _fill(self, removed_units: np.ndarray, score: np.ndarray, limit: float) -> None:
+        """Put back removed units, best first, while the FLOPs stay within ``limit``.
+
+        Only the best removed unit of each group is a candidate, so a group still loses its lowest
+        channels first (and keeps its width a multiple of ``round_to``).
+        """
+        while removed_units.any():
+            removed = self._channel_mask(removed_units)
+            gap = limit - self.flop_model.flops(removed)
+            candidates = np.flatnonzero(removed_units)
+            best = {}
+            for u in candidates[np.argsort(score[candidates], kind="stable")]:
+                best[self.unit_group[u]] = u  # ascending: the last one seen is the group's best
+            candidates = np.fromiter(best.values(), dtype=np.int64)
+            cost = self.flop_model.marginal(removed, self.unit_in[:, candidates], self.unit_out[:, candidates])
+            fitting = candidates[cost <= gap]
+            if len(fitting) == 0:
+                return
+            removed_units[fitting[np.argmax(score[fitting])]] = False
+
+    def _channel_mask(self, removed_units: np.ndarray) -> np.ndarray:
+        return np.append(removed_units, False)[self.channel_unit].astype(np.float64)
+
+    def _selection(self, removed_units: np.ndarray, budget: float) -> Selection:
+        mask = self._channel_mask(removed_units)
+        removed = [
+            np.flatnonzero(mask[self.offsets[g] : self.offsets[g + 1]]) for g in range(len(self.widths))
+        ]
+        widths = self.widths - np.array([len(r) for r in removed], dtype=np.int64)
+        return Selection(budget, removed, widths, self.flop_model.flops(mask), self.flop_model.total)
