@@ -174,15 +174,18 @@ class Structure:
         return {k: tuple(v) for k, v in shapes.items()}
 
     def _trace(self) -> tp.DependencyGraph:
+        graph = tp.DependencyGraph()
+        graph.IGNORED_LAYERS_IN_TRACING = _IdentityList()
         with _eval_mode(self.model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(
+            return graph.build_dependency(
                 self.model, self.example_inputs, customized_pruners=self.customized_pruners, verbose=False
             )
 
     def _collect_groups(self) -> Tuple[List[ChannelGroup], List[Tuple[str, str]]]:
         groups, skipped = [], []
-        for tp_group in self.graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd,)):
+        roots = (nn.modules.conv._ConvNd,)
+        for tp_group in self.graph.get_all_groups(ignored_layers=_IdentityList(), root_module_types=roots):
             root = tp_group[0].dep.target.module
             name = self.module_names[root]
             why = self._unprunable_reason(tp_group)
@@ -191,6 +194,11 @@ class Structure:
                 continue
             members = [m for m in (self._member(item) for item in tp_group) if m is not None]
             groups.append(ChannelGroup(len(groups), name, len(tp_group[0].idxs), members))
+        # torch-pruning yields groups from the output backwards; number them in the network's order
+        position = {name: i for i, name in enumerate(self.module_names.values())}
+        groups.sort(key=lambda g: min(position.get(m.target, len(position)) for m in g.producers))
+        for index, group in enumerate(groups):
+            group.index = index
         return groups, skipped
 
     def _unprunable_reason(self, tp_group) -> Optional[str]:
@@ -238,6 +246,21 @@ class Structure:
         for name, why in self.skipped:
             lines.append(f"  not pruned: {name} ({why})")
         return "\n".join(lines)
+
+
+class _IdentityList(list):
+    """A list whose ``in`` means ``is``.
+
+    torch-pruning tests ``module in some_list``, which calls ``==``; torchmetrics' ``Metric`` overloads
+    ``==`` (it builds a compositional metric, which is truthy), so a LightningModule holding a metric
+    would make every layer look "ignored" and break the trace.
+    """
+
+    def __contains__(self, item: object) -> bool:
+        return any(item is x for x in self)
+
+    def __add__(self, other: list) -> "_IdentityList":
+        return _IdentityList(list.__add__(self, other))
 
 
 class _eval_mode:

@@ -1,9 +1,12 @@
 """Physical pruning from a selection, and the pruning record that rebuilds a pruned model.
 
-The record lists, per module, which input or output channels were removed, in the original
-model's numbering. Replaying it on a freshly built model of the same class gives the pruned
+The record lists, per module, which input or output channels were removed, step by step from the
+original architecture. Replaying it on a freshly built model of the same class gives the pruned
 architecture, into which the pruned state dict loads (``load_state_dict`` alone cannot: shapes
 differ). Replaying needs no tracing and no example input.
+
+The record travels inside the pruned model's state dict, as the extra state of a parameter-free
+child module ``legr_pruning``: any checkpoint of the pruned model, saved by any code, carries it.
 """
 
 import copy
@@ -17,11 +20,31 @@ from lightning_legr.selection import Selection
 from lightning_legr.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
 from lightning_legr.structure import Structure
 
-__all__ = ["RECORD_ATTR", "plan", "apply_plan", "restore", "pruning_record", "prune_copy"]
+__all__ = ["RECORD_ATTR", "RECORD_KEY", "PruningRecord", "plan", "apply_plan", "restore", "pruning_record", "prune_copy"]
 
 RECORD_ATTR = "legr_pruning"
+RECORD_KEY = RECORD_ATTR + "._extra_state"  # where the record sits in a pruned model's state dict
 FORMAT = "lightning-legr/pruning"
 VERSION = 1
+
+
+class PruningRecord(nn.Module):
+    """Holds a pruning record and saves it in the state dict (``get_extra_state``). No parameters,
+    never called: it only makes the record part of every checkpoint of the pruned model."""
+
+    def __init__(self, record: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__()
+        self.record = record
+
+    def get_extra_state(self) -> Optional[Dict[str, Any]]:
+        return self.record
+
+    def set_extra_state(self, state: Optional[Dict[str, Any]]) -> None:
+        self.record = state
+
+    def extra_repr(self) -> str:
+        steps = len(self.record["steps"]) if self.record else 0
+        return f"steps={steps}"
 
 
 def plan(structure: Structure, selection: Selection) -> List[Dict[str, Any]]:
@@ -88,9 +111,15 @@ def _check_positions(target: str, positions: List[int], size: Optional[int]) -> 
         )
 
 
-def pruning_record(model: nn.Module) -> Optional[Dict[str, Any]]:
-    """The record of how ``model`` was pruned from its original architecture (None if unpruned)."""
-    return getattr(model, RECORD_ATTR, None)
+def pruning_record(model_or_state_dict: Any) -> Optional[Dict[str, Any]]:
+    """The record of how a model was pruned from its original architecture (None if unpruned).
+
+    Accepts the pruned model or its state dict.
+    """
+    if isinstance(model_or_state_dict, nn.Module):
+        holder = getattr(model_or_state_dict, RECORD_ATTR, None)
+        return holder.record if isinstance(holder, PruningRecord) else None
+    return model_or_state_dict.get(RECORD_KEY) if isinstance(model_or_state_dict, dict) else None
 
 
 def prune_copy(
@@ -115,18 +144,25 @@ def prune_copy(
         "layers": entries,
     }
     step.update(info or {})
-    setattr(model, RECORD_ATTR, {"format": FORMAT, "version": VERSION, "steps": steps + [step]})
+    _attach(model, {"format": FORMAT, "version": VERSION, "steps": steps + [step]})
     return model
+
+
+def _attach(model: nn.Module, record: Dict[str, Any]) -> None:
+    holder = getattr(model, RECORD_ATTR, None)
+    if holder is not None and not isinstance(holder, PruningRecord):
+        raise ValueError(f"The model already has an attribute {RECORD_ATTR!r}; lightning-legr needs that name.")
+    setattr(model, RECORD_ATTR, PruningRecord(record))
 
 
 def restore(
     model: nn.Module,
-    record: Dict[str, Any],
+    record: Optional[Dict[str, Any]] = None,
     state_dict: Optional[Dict[str, Any]] = None,
     customized_pruners: Optional[Dict[Any, Any]] = None,
 ) -> nn.Module:
     """Rebuild a pruned model: replay ``record`` on a freshly built ``model`` (in place), then load
-    ``state_dict`` if given.
+    ``state_dict`` if given. Without ``record``, the one inside ``state_dict`` is used.
 
     Example::
 
@@ -134,11 +170,15 @@ def restore(
         >>> from lightning_legr import prune
         >>> from lightning_legr.models import cifar_resnet
         >>> pruned = prune(cifar_resnet(20), torch.randn(1, 3, 32, 32), flops=0.5)
-        >>> rebuilt = restore(cifar_resnet(20), pruning_record(pruned), pruned.state_dict())
+        >>> rebuilt = restore(cifar_resnet(20), state_dict=pruned.state_dict())
         >>> x = torch.randn(2, 3, 32, 32)
         >>> torch.equal(rebuilt.eval()(x), pruned.eval()(x))
         True
     """
+    if record is None and state_dict is not None:
+        record = pruning_record(state_dict)
+        if record is None:
+            raise ValueError(f"The state dict has no pruning record ({RECORD_KEY!r}): it is not from a pruned model.")
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError("Not a lightning-legr pruning record (expected a dict with format 'lightning-legr/pruning').")
     if record.get("version", 0) > VERSION:
@@ -147,7 +187,7 @@ def restore(
         raise ValueError("`restore` needs a freshly built, unpruned model; this one was already pruned.")
     for step in record["steps"]:
         apply_plan(model, step["layers"], customized_pruners)
-    setattr(model, RECORD_ATTR, copy.deepcopy(record))
+    _attach(model, copy.deepcopy(record))
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model

@@ -1,0 +1,85 @@
+"""Pruned Lightning checkpoints: save one, and load it back into the user's own LightningModule class."""
+
+import contextlib
+import io
+import os
+from typing import Any, Dict, Iterator, Optional, Type, TypeVar
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_legr._io import PathLike, save_torch
+from lightning_legr.surgery import RECORD_KEY, pruning_record, restore
+
+__all__ = ["load_pruned", "save_module_checkpoint"]
+
+M = TypeVar("M", bound=pl.LightningModule)
+
+
+def load_pruned(path: PathLike, cls: Type[M], map_location: Any = None, **kwargs: Any) -> M:
+    """Load a pruned checkpoint into ``cls``, the LightningModule class it was trained with.
+
+    ``cls.load_from_checkpoint`` alone fails on a pruned checkpoint: the freshly built module has the
+    original widths. This builds it the same way (hyperparameters from the checkpoint, ``kwargs``
+    override them), replays the pruning record the checkpoint carries, then loads the weights.
+    The result gives the same outputs as the module that was saved, and ``Trainer.fit(module,
+    ckpt_path=path)`` resumes training from the checkpoint.
+
+    Example::
+
+        model = lightning_legr.load_pruned("legr/flops_0.50/best.ckpt", MyModule)
+        trainer.fit(model, datamodule=dm, ckpt_path="legr/flops_0.50/best.ckpt")  # go on training
+
+    Raises:
+        ValueError: if the checkpoint holds no pruning record (it is not a pruned model).
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    record = pruning_record(checkpoint.get("state_dict", {}))
+    if record is None:
+        raise ValueError(
+            f"{path} holds no pruning record ({RECORD_KEY!r} is not in its state_dict): it is not a model pruned"
+            f" by lightning-legr. Load it with {cls.__name__}.load_from_checkpoint instead."
+        )
+    with _replay_on_load(cls, record):
+        return cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, **kwargs)
+
+
+@contextlib.contextmanager
+def _replay_on_load(cls: type, record: Dict[str, Any]) -> Iterator[None]:
+    """While active, ``cls.on_load_checkpoint`` first rebuilds the pruned architecture.
+
+    Lightning calls ``on_load_checkpoint`` after building the module and before loading the state
+    dict: the one moment when the shapes can be made to match.
+    """
+    own = cls.__dict__.get("on_load_checkpoint")
+    inherited = cls.on_load_checkpoint
+
+    def on_load_checkpoint(self, checkpoint):
+        restore(self, record)
+        return inherited(self, checkpoint)
+
+    cls.on_load_checkpoint = on_load_checkpoint
+    try:
+        yield
+    finally:
+        if own is None:
+            del cls.on_load_checkpoint
+        else:
+            cls.on_load_checkpoint = own
+
+
+def save_module_checkpoint(module: pl.LightningModule, path: PathLike, extra: Optional[Dict[str, Any]] = None) -> str:
+    """Write a minimal Lightning checkpoint of ``module`` (weights and hyperparameters), atomically.
+
+    It loads with ``cls.load_from_checkpoint`` (or :func:`load_pruned` when pruned).
+    """
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "pytorch-lightning_version": pl.__version__,
+        pl.LightningModule.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
+        **(extra or {}),
+    }
+    save_torch(path, checkpoint)
+    return os.fspath(path)

@@ -1,0 +1,81 @@
+"""The ``lightning-legr`` command: LightningCLI with LeGR's options, a ``prune`` subcommand and the demo.
+
+    lightning-legr fit --config config.yaml --legr.flops "[0.3, 0.5]"   # pretrain, search, fine-tune
+    lightning-legr prune --config config.yaml --ckpt_path base.ckpt \\
+        --legr.transform transform.json --legr.flops "[0.2]"             # new budgets, no search
+    lightning-legr demo                                                  # the bundled digits demo
+
+``--legr.*`` are the arguments of :class:`~lightning_legr.LeGRCallback`, which the command adds to
+the Trainer. In your own LightningCLI script, add it with
+``--trainer.callbacks+=LeGRCallback --trainer.callbacks.flops=[0.3,0.5]`` (import
+``lightning_legr`` first, or write the class path ``lightning_legr.LeGRCallback``).
+"""
+
+import os
+import sys
+from typing import List, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_legr.callback import LeGRCallback
+
+__all__ = ["LeGRTrainer", "LeGRCLI", "main", "DEMO_CONFIG"]
+
+DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
+
+
+class LeGRTrainer(pl.Trainer):
+    """A Trainer with a :meth:`prune` entry point for models that are already trained."""
+
+    def prune(
+        self, model: pl.LightningModule, datamodule: Optional[pl.LightningDataModule] = None, ckpt_path: Optional[str] = None
+    ) -> None:
+        """Prune a trained model to the LeGRCallback's budgets with its saved ``transform``: no
+        training before, no search; then fine-tune and report as usual.
+
+        Args:
+            model: the LightningModule, with the trained weights or with ``ckpt_path``.
+            datamodule: the data (validation is needed; training data for fine-tuning).
+            ckpt_path: a checkpoint whose ``state_dict`` holds the trained weights (e.g. a run's ``base.ckpt``).
+        """
+        callbacks = [c for c in self.callbacks if isinstance(c, LeGRCallback)]
+        if not callbacks or callbacks[0].transform_path is None:
+            raise ValueError("`prune` needs a LeGRCallback with a saved transform: pass --legr.transform path/to/transform.json")
+        if ckpt_path is not None:
+            model.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
+        self.fit_loop.max_epochs = 0  # the model is trained: fit only to run the callback
+        self.fit(model, datamodule=datamodule)
+
+
+class LeGRCLI(LightningCLI):
+    """LightningCLI with ``--legr.*`` (LeGRCallback's arguments) and the ``prune`` subcommand."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("trainer_class", LeGRTrainer)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands():
+        return {
+            "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+            "prune": {"model", "datamodule"},
+        }
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(LeGRCallback, "legr")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point of the ``lightning-legr`` console command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        argv = ["fit", "--config", DEMO_CONFIG, *argv[1:]]
+    LeGRCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Companion Trainers: evaluate candidates and fine-tune pruned models with the user's own hooks.
+
+Every candidate is a pruned deep copy of the user's LightningModule, so its own
+``validation_step`` (and ``training_step``, ``configure_optimizers``) produce the numbers: no second
+copy of the user's loss code. Each runs in a fresh, quiet Trainer that inherits the outer one's
+accelerator, device and precision.
+"""
+
+import contextlib
+import logging
+import math
+import warnings
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+__all__ = ["DataSources", "trainer_kwargs", "Evaluator", "finetune", "quiet"]
+
+_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the info lines and warnings every new Trainer prints: hundreds of them in a search."""
+    levels = {name: logging.getLogger(name).level for name in _LOGGERS}
+    for name in _LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def trainer_kwargs(outer: pl.Trainer) -> Dict[str, Any]:
+    """Accelerator, device and precision of the outer Trainer, for a one-device companion."""
+    device = outer.strategy.root_device
+    accelerator = {"cpu": "cpu", "cuda": "cuda", "mps": "mps"}.get(device.type, outer.accelerator)
+    devices = [device.index] if device.type == "cuda" and device.index is not None else 1
+    return {"accelerator": accelerator, "devices": devices, "precision": outer.precision}
+
+
+class DataSources:
+    """Where the outer fit got its data: a datamodule, the module's own hooks, or loaders."""
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.datamodule = trainer.datamodule
+        self._train = trainer.fit_loop._data_source
+        self._val = trainer.fit_loop.epoch_loop.val_loop._data_source
+        self._cache: Dict[str, Any] = {}
+
+    @property
+    def has_validation(self) -> bool:
+        return self._val.is_defined()
+
+    def fit_kwargs(self) -> Dict[str, Any]:
+        """Arguments that give a companion ``fit`` the same data as the outer one."""
+        if self.datamodule is not None:
+            return {"datamodule": self.datamodule}
+        if isinstance(self._train.instance, pl.LightningModule):
+            return {}  # the (pruned copy of the) module brings its own *_dataloader hooks
+        return {"train_dataloaders": self._train.instance, "val_dataloaders": self._val.instance}
+
+    def loader(self, which: str) -> Any:
+        """The validation ("val") or training ("train") dataloader, fetched once."""
+        if which not in self._cache:
+            self._cache[which] = (self._val if which == "val" else self._train).dataloader()
+        return self._cache[which]
+
+
+class Evaluator:
+    """``monitor`` of a candidate: optional ``tau`` training steps, then validation.
+
+    Args:
+        outer: the user's Trainer (for accelerator, device, precision).
+        data: its data sources.
+        monitor: the logged metric to read.
+        batches: validation batches to use (None: all).
+        tau: training steps before validation.
+        tau_lr: learning rate of the plain SGD used for those steps (momentum 0.9, weight decay 5e-4,
+            as in the paper's code); None uses the module's own ``configure_optimizers``.
+    """
+
+    def __init__(
+        self,
+        outer: pl.Trainer,
+        data: DataSources,
+        monitor: str,
+        batches: Optional[int] = None,
+        tau: int = 0,
+        tau_lr: Optional[float] = 1e-3,
+    ) -> None:
+        self.kwargs = trainer_kwargs(outer)
+        self.data = data
+        self.monitor = monitor
+        self.batches = batches
+        self.tau = tau
+        self.tau_lr = tau_lr
+        self.root_dir = outer.default_root_dir
+
+    def _trainer(self, **kwargs: Any) -> pl.Trainer:
+        return pl.Trainer(
+            logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, default_root_dir=self.root_dir, **self.kwargs, **kwargs,
+        )
+
+    def metrics(self, module: pl.LightningModule, batches: Optional[int] = None) -> Dict[str, float]:
+        """Everything the module logs in validation (after the ``tau`` steps), as floats."""
+        batches = self.batches if batches is None else batches
+        _forget_metric_names(module)
+        with quiet():
+            if self.tau > 0:
+                if self.tau_lr is not None:
+                    params = [p for p in module.parameters() if p.requires_grad]
+                    sgd = torch.optim.SGD(params, lr=self.tau_lr, momentum=0.9, weight_decay=5e-4)
+                    module.configure_optimizers = lambda: sgd  # the user's schedule is for a long run
+                self._trainer(max_steps=self.tau, limit_val_batches=0).fit(
+                    module, train_dataloaders=self.data.loader("train")
+                )
+            limit = 1.0 if batches is None else batches
+            results = self._trainer(limit_val_batches=limit).validate(
+                module, dataloaders=self.data.loader("val"), verbose=False
+            )
+        return {k: float(v) for k, v in (results[0] if results else {}).items()}
+
+    def __call__(self, module: pl.LightningModule, batches: Optional[int] = None) -> float:
+        metrics = self.metrics(module, batches)
+        if self.monitor not in metrics:
+            raise KeyError(missing_metric_message(self.monitor, metrics))
+        value = metrics[self.monitor]
+        return value if math.isfinite(value) else math.nan
+
+
+def missing_metric_message(monitor: str, metrics: Dict[str, Any]) -> str:
+    available = ", ".join(sorted(metrics)) or "nothing"
+    return (
+        f"`monitor={monitor!r}` is not logged by the module's validation: it logs {available}."
+        f" Log {monitor!r} with `self.log(...)` in `validation_step`, or set `monitor` to one of these."
+    )
+
+
+def finetune(
+    module: pl.LightningModule,
+    outer: pl.Trainer,
+    data: DataSources,
+    epochs: int,
+    dirpath: str,
+    monitor: str,
+    mode: str,
+    prefix: str,
+    resume_from: Optional[str] = None,
+) -> Tuple[str, Optional[float]]:
+    """Fine-tune ``module`` with its own ``configure_optimizers`` for ``epochs``; keep the best
+    checkpoint by ``monitor`` (``best.ckpt``) and the latest (``last.ckpt``, to resume from). The
+    outer Trainer's loggers get the metrics under ``prefix``.
+
+    Returns (best checkpoint path, best monitored value).
+    """
+    checkpoint = ModelCheckpoint(
+        dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True
+    )
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        logger=outer.loggers or False,
+        callbacks=[checkpoint],
+        default_root_dir=dirpath,
+        enable_progress_bar=outer.progress_bar_callback is not None,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=outer.log_every_n_steps,
+        **trainer_kwargs(outer),
+    )
+    _forget_metric_names(module)
+    datamodule_trainer = data.datamodule.trainer if data.datamodule is not None else None
+    with _prefixed(outer.loggers, prefix):
+        trainer.fit(module, ckpt_path=resume_from, **data.fit_kwargs())
+    if data.datamodule is not None:
+        data.datamodule.trainer = datamodule_trainer
+    score = checkpoint.best_model_score
+    return checkpoint.best_model_path, (None if score is None else float(score))
+
+
+def _forget_metric_names(module: pl.LightningModule) -> None:
+    """A deep copy inherits the original's cache of torchmetrics attribute names, keyed by the
+    original metric objects; Lightning would then not find the copy's metrics when they are logged.
+    Lightning itself clears this cache at teardown."""
+    module._metric_attributes = None
+
+
+@contextlib.contextmanager
+def _prefixed(loggers: List[Any], prefix: str) -> Iterator[None]:
+    """Log a companion run's metrics under ``prefix`` (Lightning's loggers keep it in ``_prefix``)."""
+    saved = [(lg, lg._prefix) for lg in loggers if hasattr(lg, "_prefix")]
+    for lg, old in saved:
+        lg._prefix = f"{old}-{prefix}" if old else prefix
+    try:
+        yield
+    finally:
+        for lg, old in saved:
+            lg._prefix = old
