@@ -326,6 +326,7 @@ class LeGRCallback(Callback):
 
         with bar:
             transform = search.run(on_generation)
+        transform.info.update(monitor=self.monitor, mode=self.mode, best_metric=sign * search.evolution.best_fitness)
         transform.save(self._path(TRANSFORM_FILE))
         return transform
 

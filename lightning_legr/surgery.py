@@ -9,10 +9,12 @@ The record travels inside the pruned model's state dict, as the extra state of a
 child module ``legr_pruning``: any checkpoint of the pruned model, saved by any code, carries it.
 """
 
+import contextlib
 import copy
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -134,8 +136,9 @@ def prune_copy(
     model appends a step to the record it inherited.
     """
     entries = plan(structure, selection)
-    model = copy.deepcopy(structure.model)
-    apply_plan(model, entries, customized_pruners)
+    with _one_thread():
+        model = copy.deepcopy(structure.model)
+        apply_plan(model, entries, customized_pruners)
     previous = pruning_record(structure.model)
     steps = list(previous["steps"]) if previous else []
     step = {
@@ -146,6 +149,18 @@ def prune_copy(
     step.update(info or {})
     _attach(model, {"format": FORMAT, "version": VERSION, "steps": steps + [step]})
     return model
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Copy and slice on one thread: hundreds of small tensor copies gain nothing from more, and
+    each multi-threaded copy waits for every core, which costs milliseconds on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _attach(model: nn.Module, record: Dict[str, Any]) -> None:

@@ -1,0 +1,214 @@
+"""LeGRCallback end to end: fit, search, budgets, files, logging, resume, and early errors."""
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import lightning_legr.search as search_module
+from lightning_legr import LeGRCallback, Transform, count_flops, load_pruned
+from lightning_legr.demo import DigitsClassifier, DigitsDataModule
+from tests.lightning_helpers import SMALL_SEARCH, CountingClassifier, LinearOnly, tiny_data, tiny_module, trainer
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fit_search_two_budgets_and_reload(tmp_path):
+    dirpath = tmp_path / "legr"
+    callback = LeGRCallback(flops=[0.4, 0.7], dirpath=str(dirpath), **SMALL_SEARCH)
+    t = trainer(tmp_path, [callback], max_epochs=2)
+    t.fit(tiny_module(), datamodule=tiny_data())
+
+    assert [r["budget"] for r in callback.results] == [1.0, 0.7, 0.4]
+    base = callback.results[0]
+    for row in callback.results[1:]:
+        assert row["flops_ratio"] <= row["budget"] + 1e-9
+        assert abs(row["flops_ratio"] - row["budget"]) / row["budget"] < 0.03  # an 8-channel net is coarse
+        assert row["params"] < base["params"]
+        assert row["metric_after"] is not None and row["metric_before"] is not None
+        assert row["checkpoint"].endswith(os.path.join(f"flops_{row['budget']:.2f}", "best.ckpt"))
+        loaded = load_pruned(row["checkpoint"], DigitsClassifier)
+        assert count_flops(loaded, torch.zeros(1, 1, 8, 8)) == row["flops"]
+        saved = torch.load(row["checkpoint"], weights_only=False)["state_dict"]
+        assert all(torch.equal(saved[k], v) for k, v in loaded.state_dict().items() if isinstance(v, torch.Tensor))
+
+    # files: table, plots, transform, search state; the base model is kept, not overwritten
+    assert len(read_csv(dirpath / "results.csv")) == 3
+    assert json.loads((dirpath / "results.json").read_text())["results"][2]["budget"] == 0.4
+    for name in ("metric_vs_flops.png", "widths_0.40.png", "widths_0.70.png"):
+        assert (dirpath / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    transform = Transform.load(dirpath / "transform.json")
+    assert transform == callback.transform and transform.info["search_flops"] == 0.4
+    assert json.loads((dirpath / "search_state.json").read_text())["evolution"]["generation"] == 5
+    base_weights = torch.load(dirpath / "base.ckpt", weights_only=False)["state_dict"]
+    assert base_weights["model.classifier.weight"].shape[1] == 32
+
+    # the Trainer's logger got the search and the fine-tuning, the latter under a per-budget prefix
+    rows = read_csv(t.logger.log_dir + "/metrics.csv")
+    assert len([r for r in rows if r.get("legr/best")]) == 5
+    assert any(r.get("legr/width/model.features.0.0") for r in rows)
+    assert any(r.get("flops_0.40-val_loss") for r in rows)
+    best = [float(r["legr/best"]) for r in rows if r.get("legr/best")]
+    assert best == sorted(best, reverse=True)  # best-so-far never gets worse (mode min)
+
+
+def test_saved_transform_skips_the_search(tmp_path):
+    module = tiny_module()
+    signature_source = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "a"), **SMALL_SEARCH)
+    trainer(tmp_path / "a", [signature_source]).fit(module, datamodule=tiny_data())
+    path = tmp_path / "a" / "transform.json"
+
+    callback = LeGRCallback(flops=[0.3], transform=str(path), dirpath=str(tmp_path / "b"), **SMALL_SEARCH)
+    trainer(tmp_path / "b", [callback], max_epochs=0).fit(tiny_module(), datamodule=tiny_data())
+    assert not (tmp_path / "b" / "search_state.json").exists()
+    assert callback.transform == Transform.load(path)
+    assert [r["budget"] for r in callback.results] == [1.0, 0.3]
+
+
+def test_mode_max_on_accuracy(tmp_path):
+    callback = LeGRCallback(flops=[0.5], monitor="val_acc", mode="max", dirpath=str(tmp_path / "legr"), **SMALL_SEARCH)
+    trainer(tmp_path, [callback], max_epochs=2).fit(tiny_module(), datamodule=tiny_data())
+    rows = read_csv(trainer_log(tmp_path))
+    best = [float(r["legr/best"]) for r in rows if r.get("legr/best")]
+    assert best == sorted(best) and 0 <= best[-1] <= 1  # accuracy, best-so-far only rises
+    assert callback.transform.info["best_metric"] == pytest.approx(best[-1])
+
+
+def trainer_log(tmp_path):
+    return os.path.join(str(tmp_path), "logs", "version_0", "metrics.csv")
+
+
+def test_interrupted_search_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    settings = dict(SMALL_SEARCH, generations=8, population=4, finetune_epochs=0)
+    reference = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "ref"), **settings)
+    trainer(tmp_path / "ref", [reference]).fit(tiny_module(), datamodule=tiny_data())
+
+    # A second run of the same command: the pretraining finished (base.ckpt), then the search died.
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("run.json", "base.ckpt"):
+        shutil.copy(tmp_path / "ref" / name, run / name)
+    calls = {"n": 0}
+    real_step = search_module.LeGRSearch.step
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("killed")
+        return real_step(self)
+
+    monkeypatch.setattr(search_module.LeGRSearch, "step", dying_step)
+    CountingClassifier.steps = 0
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer(run, [LeGRCallback(flops=[0.5], dirpath=str(run), **settings)]).fit(
+            CountingClassifier(width=8), datamodule=tiny_data()
+        )
+    assert json.loads((run / "search_state.json").read_text())["evolution"]["generation"] == 3
+    assert not list(run.rglob(".tmp-*"))
+
+    calls["n"] = -100  # no more deaths; count the generations the resumed run evaluates
+    resumed = LeGRCallback(flops=[0.5], dirpath=str(run), **settings)
+    trainer(run, [resumed]).fit(CountingClassifier(width=8), datamodule=tiny_data())
+    assert calls["n"] == -100 + 5  # generations 3..7 only
+    assert CountingClassifier.steps == 0  # pretraining was not repeated: base.ckpt was reused
+    assert resumed.transform == reference.transform
+
+
+def test_finished_budgets_are_kept_on_rerun(tmp_path):
+    settings = dict(SMALL_SEARCH, finetune_epochs=0)
+    first = LeGRCallback(flops=[0.5, 0.8], dirpath=str(tmp_path / "legr"), **settings)
+    trainer(tmp_path, [first]).fit(tiny_module(), datamodule=tiny_data())
+    stamp = os.path.getmtime(first.results[1]["checkpoint"])
+    again = LeGRCallback(flops=[0.5, 0.8], dirpath=str(tmp_path / "legr"), **settings)
+    trainer(tmp_path, [again]).fit(tiny_module(), datamodule=tiny_data())
+    assert os.path.getmtime(again.results[1]["checkpoint"]) == stamp
+    assert [r["flops"] for r in again.results] == [r["flops"] for r in first.results]
+
+
+# ---------------------------------------------------------------------- errors before any compute
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(flops=[]), "`flops` is empty"),
+        (dict(flops=[0.0]), r"`flops` must be in \(0, 1\]"),
+        (dict(flops=[1.5]), r"`flops` must be in \(0, 1\]"),
+        (dict(flops=[0.5, 0.5]), "more than once"),
+        (dict(flops=[0.5], mode="avg"), "`mode` can be min or max, got 'avg'"),
+        (dict(flops=[0.5], population=4, sample_size=8), "`sample_size`"),
+        (dict(flops=[0.5], tau=-1), "`tau`"),
+        (dict(flops=[0.5], criterion="l3"), "`criterion`"),
+        (dict(flops=[0.5], transform="no/such/transform.json"), "No transform file"),
+    ],
+)
+def test_bad_settings_are_refused_at_construction(kwargs, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        LeGRCallback(**kwargs)
+
+
+def fit_fails(tmp_path, callback, module=None, match="", **fit_kwargs):
+    CountingClassifier.steps = 0
+    module = module or CountingClassifier(width=8)
+    with pytest.raises(ValueError, match=match):
+        trainer(tmp_path, [callback], max_epochs=3).fit(module, **fit_kwargs)
+    assert CountingClassifier.steps == 0
+
+
+def test_no_validation_data(tmp_path):
+    data = tiny_data()
+    data.setup()
+    fit_fails(
+        tmp_path, LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "l")), match="needs validation data",
+        train_dataloaders=data.train_dataloader(),
+    )
+
+
+def test_monitor_not_logged_lists_what_is(tmp_path):
+    callback = LeGRCallback(flops=[0.5], monitor="val_f1", dirpath=str(tmp_path / "l"))
+    fit_fails(tmp_path, callback, match=r"`monitor='val_f1'` is not logged .* logs val_acc, val_loss", datamodule=tiny_data())
+
+
+def test_model_that_cannot_be_pruned(tmp_path):
+    fit_fails(tmp_path, LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "l")), module=LinearOnly(),
+              match="no prunable convolution", datamodule=tiny_data())
+
+
+def test_unreachable_budget(tmp_path):
+    callback = LeGRCallback(flops=[0.01], safeguard=0.5, dirpath=str(tmp_path / "l"))
+    fit_fails(tmp_path, callback, match="cannot be reached", datamodule=tiny_data())
+
+
+def test_dirpath_of_another_run(tmp_path):
+    (tmp_path / "l").mkdir()
+    LeGRCallback(flops=[0.5])  # valid settings
+    (tmp_path / "l" / "run.json").write_text(json.dumps({"flops": [0.3]}))
+    fit_fails(tmp_path, LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "l")), match="holds another LeGR run",
+              datamodule=tiny_data())
+
+
+def test_transform_of_another_model(tmp_path):
+    path = tmp_path / "t.json"
+    Transform.identity([("conv1", 16), ("layer1.0.conv1", 16)]).save(path)
+    callback = LeGRCallback(flops=[0.5], transform=str(path), dirpath=str(tmp_path / "l"))
+    fit_fails(tmp_path, callback, match="learned on another model", datamodule=tiny_data())
+
+
+def test_state_dict_round_trip(tmp_path):
+    callback = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **dict(SMALL_SEARCH, finetune_epochs=0))
+    trainer(tmp_path, [callback]).fit(tiny_module(), datamodule=tiny_data())
+    copy = LeGRCallback(flops=[0.5])
+    copy.load_state_dict(callback.state_dict())
+    assert copy.transform == callback.transform and copy.results == callback.results
+
+
+def test_data_module_is_left_with_the_outer_trainer(tmp_path):
+    data = tiny_data()
+    t = trainer(tmp_path, [LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **SMALL_SEARCH)])
+    t.fit(DigitsClassifier(width=8), datamodule=data)
+    assert data.trainer is t
+    assert isinstance(data, DigitsDataModule)
