@@ -37,7 +37,7 @@ class FlopModel:
 
     def __init__(self, structure: Structure) -> None:
         named = dict(structure.model.named_modules())
-        self.layer_names = list(structure.layer_shapes)
+        self.layer_names = list(structure.layer_positions)
         row = {name: i for i, name in enumerate(self.layer_names)}
         n_layers = len(self.layer_names)
         self.a = np.zeros(n_layers)
@@ -45,7 +45,7 @@ class FlopModel:
         self.in_full = np.zeros(n_layers)
         self.out_full = np.zeros(n_layers)
         for i, name in enumerate(self.layer_names):
-            self.a[i], self.b[i], self.in_full[i], self.out_full[i] = _layer_terms(named[name], *structure.layer_shapes[name])
+            self.a[i], self.b[i], self.in_full[i], self.out_full[i] = _layer_terms(named[name], *structure.layer_positions[name])
         self.in_incidence = np.zeros((n_layers, structure.num_channels))
         self.out_incidence = np.zeros((n_layers, structure.num_channels))
         for group in structure.groups:
@@ -86,16 +86,13 @@ class FlopModel:
         )
 
 
-def _layer_terms(module: nn.Module, in_shape: tuple, out_shape: tuple, calls: int):
+def _layer_terms(module: nn.Module, in_positions: int, out_positions: int):
     """(a, b, in, out) of one layer, matching ptflops' aten counting rules."""
-    if isinstance(module, nn.Linear):
-        positions = int(np.prod(out_shape)) // module.out_features * calls
-        return positions, positions if module.bias is not None else 0, module.in_features, module.out_features
-    kernel = int(np.prod(module.kernel_size))
-    out_positions = int(np.prod(out_shape)) // module.out_channels * calls
     bias = out_positions if module.bias is not None else 0
+    if isinstance(module, nn.Linear):
+        return out_positions, bias, module.in_features, module.out_features
+    kernel = int(np.prod(module.kernel_size))
     if module.transposed:  # ptflops counts transposed convs over the input positions
-        in_positions = int(np.prod(in_shape)) // module.in_channels * calls
         return in_positions * kernel, bias, module.in_channels, module.out_channels // module.groups
     return out_positions * kernel, bias, module.in_channels // module.groups, module.out_channels
 

@@ -67,7 +67,7 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = F.avg_pool2d(out, out.size(3)).flatten(1)  # as the reference code: bitwise the same outputs
         return self.linear(out)
 
 

@@ -1,6 +1,7 @@
 """LeGRSearch: learn the transform by regularized evolution, with a resumable state file."""
 
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ Fitness = Callable[[nn.Module], float]
 
 def check_budgets(flops: Union[float, Sequence[float]]) -> list:
     """Validate a budget or a list of budgets: numbers in (0, 1], at least one, no duplicates."""
-    budgets = [flops] if isinstance(flops, (int, float)) else list(flops)
+    budgets = [flops] if isinstance(flops, (numbers.Real, str)) else list(flops)
     if not budgets:
         raise ValueError("`flops` is empty: give at least one budget in (0, 1], e.g. flops=[0.3, 0.5, 0.7]")
     budgets = [check_budget(f) for f in budgets]

@@ -1,6 +1,7 @@
 """LeGR-Pruning: which channels to remove to meet a FLOP budget, given a global ranking."""
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import List, Sequence
 
@@ -21,7 +22,7 @@ def _sum_columns(incidence: np.ndarray, column_unit: np.ndarray, units: int) -> 
 
 def check_budget(flops: float, name: str = "flops") -> float:
     """Validate one budget, a fraction of the original FLOPs in (0, 1]."""
-    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not math.isfinite(flops):
+    if isinstance(flops, bool) or not isinstance(flops, numbers.Real) or not math.isfinite(flops):
         raise ValueError(f"`{name}` must be a number in (0, 1] (a fraction of the original FLOPs), got {flops!r}")
     if not 0 < flops <= 1:
         raise ValueError(

@@ -113,7 +113,7 @@ class Structure:
         self.customized_pruners = {ZeroPadShortcut: ZeroPadShortcutPruner(), **(customized_pruners or {})}
         self.module_names = {m: n for n, m in model.named_modules()}
         self.ignored = self._resolve_ignored(ignored_layers)
-        self.layer_shapes = self._probe()
+        self.layer_positions = self._probe()
         self.graph = self._trace()
         self.groups, self.skipped = self._collect_groups()
         if not self.groups:
@@ -140,14 +140,17 @@ class Structure:
             ignored.update(layer.modules())
         return ignored
 
-    def _probe(self) -> Dict[str, Tuple[tuple, tuple, int]]:
-        """Run the example once: check it runs, refuse channel padding, and record conv/linear shapes."""
-        shapes: Dict[str, list] = {}
+    def _probe(self) -> Dict[str, Tuple[int, int]]:
+        """Run the example once: check it runs, refuse channel padding, and record, per conv/linear
+        layer, its input and output positions (elements per channel, summed over its calls)."""
+        positions: Dict[str, list] = {}
 
         def hook(module, inputs, output):
-            name = self.module_names[module]
-            prev = shapes.get(name)
-            shapes[name] = [tuple(inputs[0].shape), tuple(output.shape), (prev[2] + 1) if prev else 1]
+            linear = isinstance(module, nn.Linear)
+            c_in, c_out = (module.in_features, module.out_features) if linear else (module.in_channels, module.out_channels)
+            total = positions.setdefault(self.module_names[module], [0, 0])
+            total[0] += inputs[0].numel() // c_in
+            total[1] += output.numel() // c_out
 
         handles = [m.register_forward_hook(hook) for m in self.model.modules() if isinstance(m, FLOP_LAYER_TYPES)]
         detector = _ChannelPadDetector()
@@ -171,7 +174,7 @@ class Structure:
                 " `lightning_legr.ZeroPadShortcut(in_channels, out_channels, stride)`, which computes the same"
                 " thing and has the same state dict."
             )
-        return {k: tuple(v) for k, v in shapes.items()}
+        return {k: tuple(v) for k, v in positions.items()}
 
     def _trace(self) -> tp.DependencyGraph:
         graph = tp.DependencyGraph()
@@ -179,7 +182,8 @@ class Structure:
         with _eval_mode(self.model), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return graph.build_dependency(
-                self.model, self.example_inputs, customized_pruners=self.customized_pruners, verbose=False
+                self.model, self.example_inputs, customized_pruners=self.customized_pruners, verbose=False,
+                output_transform=_mark_outputs,
             )
 
     def _collect_groups(self) -> Tuple[List[ChannelGroup], List[Tuple[str, str]]]:
@@ -206,11 +210,18 @@ class Structure:
             module = item.dep.target.module
             if isinstance(module, tp.ops._OutputOp):
                 return "its channels are outputs of the model"
-            if isinstance(module, nn.Module) and module in self.ignored:
+            if isinstance(module, nn.Parameter):
+                name = self.graph._param_to_name[module]
+                if self._owner(name) in self.ignored:
+                    return f"it touches parameter {name!r} of an ignored layer"
+            elif isinstance(module, nn.Module) and module in self.ignored:
                 return f"it touches ignored layer {self.module_names.get(module)!r}"
             if isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups != module.out_channels:
                 return f"grouped convolution {self.module_names.get(module)!r} is not supported"
         return None
+
+    def _owner(self, parameter_name: str) -> nn.Module:
+        return self.model.get_submodule(parameter_name.rpartition(".")[0])
 
     def _member(self, item) -> Optional[GroupMember]:
         dep, module = item.dep, item.dep.target.module
@@ -246,6 +257,13 @@ class Structure:
         for name, why in self.skipped:
             lines.append(f"  not pruned: {name} ({why})")
         return "\n".join(lines)
+
+
+def _mark_outputs(outputs: Any) -> list:
+    """End every output in an op of its own. torch-pruning marks the model's outputs only when they
+    come from a non-module op; a conv whose output *is* the model's output would go unmarked and
+    have its channels (the model's output channels) pruned."""
+    return [o.clone() for o in tp.utils.flatten_as_list(outputs)]
 
 
 class _IdentityList(list):

@@ -5,8 +5,9 @@ original architecture. Replaying it on a freshly built model of the same class g
 architecture, into which the pruned state dict loads (``load_state_dict`` alone cannot: shapes
 differ). Replaying needs no tracing and no example input.
 
-The record travels inside the pruned model's state dict, as the extra state of a parameter-free
-child module ``legr_pruning``: any checkpoint of the pruned model, saved by any code, carries it.
+The record is an attribute of the pruned model, and state-dict hooks put it in the model's state
+dict under ``legr_pruning`` (and take it out again on loading): any checkpoint of the pruned model,
+saved by any code, carries it, while the model's modules stay exactly the user's.
 """
 
 import contextlib
@@ -22,31 +23,12 @@ from lightning_legr.selection import Selection
 from lightning_legr.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
 from lightning_legr.structure import Structure
 
-__all__ = ["RECORD_ATTR", "RECORD_KEY", "PruningRecord", "plan", "apply_plan", "restore", "pruning_record", "prune_copy"]
+__all__ = ["RECORD_ATTR", "RECORD_KEY", "plan", "apply_plan", "restore", "pruning_record", "prune_copy"]
 
-RECORD_ATTR = "legr_pruning"
-RECORD_KEY = RECORD_ATTR + "._extra_state"  # where the record sits in a pruned model's state dict
+RECORD_ATTR = "legr_pruning"  # the attribute of a pruned model that holds its record
+RECORD_KEY = RECORD_ATTR  # and its key in the model's state dict
 FORMAT = "lightning-legr/pruning"
 VERSION = 1
-
-
-class PruningRecord(nn.Module):
-    """Holds a pruning record and saves it in the state dict (``get_extra_state``). No parameters,
-    never called: it only makes the record part of every checkpoint of the pruned model."""
-
-    def __init__(self, record: Optional[Dict[str, Any]] = None) -> None:
-        super().__init__()
-        self.record = record
-
-    def get_extra_state(self) -> Optional[Dict[str, Any]]:
-        return self.record
-
-    def set_extra_state(self, state: Optional[Dict[str, Any]]) -> None:
-        self.record = state
-
-    def extra_repr(self) -> str:
-        steps = len(self.record["steps"]) if self.record else 0
-        return f"steps={steps}"
 
 
 def plan(structure: Structure, selection: Selection) -> List[Dict[str, Any]]:
@@ -119,8 +101,7 @@ def pruning_record(model_or_state_dict: Any) -> Optional[Dict[str, Any]]:
     Accepts the pruned model or its state dict.
     """
     if isinstance(model_or_state_dict, nn.Module):
-        holder = getattr(model_or_state_dict, RECORD_ATTR, None)
-        return holder.record if isinstance(holder, PruningRecord) else None
+        return model_or_state_dict.__dict__.get(RECORD_ATTR)
     return model_or_state_dict.get(RECORD_KEY) if isinstance(model_or_state_dict, dict) else None
 
 
@@ -142,6 +123,7 @@ def prune_copy(
     previous = pruning_record(structure.model)
     steps = list(previous["steps"]) if previous else []
     step = {
+        "model": _fingerprint(structure.model),
         "budget": selection.budget,
         "widths": {g.name: int(w) for g, w in zip(structure.groups, selection.widths)},
         "layers": entries,
@@ -149,6 +131,11 @@ def prune_copy(
     step.update(info or {})
     _attach(model, {"format": FORMAT, "version": VERSION, "steps": steps + [step]})
     return model
+
+
+def _fingerprint(model: nn.Module) -> Dict[str, Any]:
+    """What a step was applied to: replaying it on anything else is refused."""
+    return {"class": type(model).__name__, "params": sum(p.numel() for p in model.parameters())}
 
 
 @contextlib.contextmanager
@@ -164,10 +151,22 @@ def _one_thread() -> Iterator[None]:
 
 
 def _attach(model: nn.Module, record: Dict[str, Any]) -> None:
-    holder = getattr(model, RECORD_ATTR, None)
-    if holder is not None and not isinstance(holder, PruningRecord):
-        raise ValueError(f"The model already has an attribute {RECORD_ATTR!r}; lightning-legr needs that name.")
-    setattr(model, RECORD_ATTR, PruningRecord(record))
+    if RECORD_ATTR not in model.__dict__:
+        if hasattr(model, RECORD_ATTR):
+            raise ValueError(f"The model already has an attribute {RECORD_ATTR!r}; lightning-legr needs that name.")
+        model.register_state_dict_post_hook(_save_record)
+        model.register_load_state_dict_pre_hook(_load_record)
+    model.__dict__[RECORD_ATTR] = record
+
+
+def _save_record(module: nn.Module, state_dict: Dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    record = module.__dict__.get(RECORD_ATTR)
+    if record is not None:
+        state_dict[prefix + RECORD_KEY] = record
+
+
+def _load_record(module: nn.Module, state_dict: Dict[str, Any], prefix: str, *args: Any) -> None:
+    state_dict.pop(prefix + RECORD_KEY, None)  # not a tensor: the restored model has its record already
 
 
 def restore(
@@ -200,7 +199,14 @@ def restore(
         raise ValueError(f"Pruning record version {record['version']} is newer than this lightning-legr ({VERSION}).")
     if pruning_record(model) is not None:
         raise ValueError("`restore` needs a freshly built, unpruned model; this one was already pruned.")
-    for step in record["steps"]:
+    for index, step in enumerate(record["steps"]):
+        expected, found = step.get("model"), _fingerprint(model)
+        if expected is not None and expected != found:
+            raise ValueError(
+                f"The pruning record's step {index} was made on a {expected['class']} with {expected['params']}"
+                f" parameters, but this model is a {found['class']} with {found['params']}: the record belongs to"
+                " another architecture (or this model is not freshly built)."
+            )
         apply_plan(model, step["layers"], customized_pruners)
     _attach(model, copy.deepcopy(record))
     if state_dict is not None:

@@ -1,0 +1,142 @@
+"""LeGRSearch: a killed search resumes from its state file and ends where an uninterrupted one does."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_legr import LeGRSearch, Transform, learn_transform
+from tests.models import build, example_input, shared_pruner
+
+SETTINGS = dict(generations=9, population=4, sample_size=2, mutation_rate=0.3, seed=3)
+class Killed(Exception):
+    """Stands for the process being killed in the middle of an evaluation."""
+
+
+BATCH = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def pruner():
+    return shared_pruner("custom_scale")
+
+
+@pytest.fixture(scope="module")
+def reference(pruner):
+    with torch.no_grad():
+        return pruner.model(BATCH)
+
+
+def make_fitness(reference, kill_at=None):
+    calls = []
+
+    def fitness(pruned):
+        if kill_at is not None and len(calls) == kill_at:
+            raise Killed(f"killed in generation {len(calls)}")
+        calls.append(1)
+        with torch.no_grad():
+            return (pruned.eval()(BATCH) - reference).pow(2).mean().item()
+
+    return fitness
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pruner, reference):
+    search = LeGRSearch(pruner, make_fitness(reference), 0.5, **SETTINGS)
+    generations = []
+    transform = search.run(generations.append)
+    return search, transform, generations
+
+
+def test_search_runs_and_reports(uninterrupted, pruner):
+    search, transform, generations = uninterrupted
+    assert [g.generation for g in generations] == list(range(9))
+    assert all(g.flops <= 0.5 * (1 + 1e-9) for g in generations)
+    assert generations[0].widths.tolist() == pruner.select(0.5).widths.tolist()  # candidate 0: identity
+    assert generations[-1].best_fitness == min(g.fitness for g in generations) == transform.info["fitness"]
+    assert transform.groups == pruner.structure.signature()
+    assert transform.info["search_flops"] == 0.5 and transform.info["generations"] == 9
+    best = min(range(9), key=lambda i: generations[i].fitness)
+    assert transform.info["generation"] == best
+    # the returned transform reproduces the best candidate's selection
+    assert pruner.select(0.5, transform).widths.tolist() == generations[best].widths.tolist()
+
+
+@pytest.mark.parametrize("kill_at", [1, 5, 8])
+def test_killed_search_resumes_from_its_state_file(uninterrupted, pruner, reference, tmp_path, kill_at):
+    expected_search, expected, _ = uninterrupted
+    state_path = tmp_path / "search.json"
+    search = LeGRSearch(pruner, make_fitness(reference, kill_at=kill_at), 0.5, state_path=state_path, **SETTINGS)
+    with pytest.raises(Killed):
+        search.run()
+    state = json.loads(state_path.read_text())
+    assert state["evolution"]["generation"] == kill_at
+    assert [p.name for p in tmp_path.iterdir()] == ["search.json"]  # written atomically, nothing left over
+
+    resumed = LeGRSearch(pruner, make_fitness(reference), 0.5, state_path=state_path, **SETTINGS)
+    assert resumed.evolution.generation == kill_at
+    transform = resumed.run()
+    assert transform == expected
+    assert transform.info == expected.info
+    assert resumed.evolution.history == expected_search.evolution.history
+    # a finished search resumed again has nothing left to do
+    again = LeGRSearch(pruner, make_fitness(reference, kill_at=0), 0.5, state_path=state_path, **SETTINGS)
+    assert again.done and again.run() == expected
+
+
+def test_state_from_another_search_is_refused(pruner, reference, tmp_path):
+    state_path = tmp_path / "search.json"
+    LeGRSearch(pruner, make_fitness(reference), 0.5, state_path=state_path, **{**SETTINGS, "generations": 2}).run()
+    with pytest.raises(ValueError, match=r"belongs to another search \(different flops\)") as err:
+        LeGRSearch(pruner, make_fitness(reference), 0.6, state_path=state_path, **SETTINGS)
+    assert str(state_path) in str(err.value)
+    with pytest.raises(ValueError, match="belongs to another search.*seed"):
+        LeGRSearch(pruner, make_fitness(reference), 0.5, state_path=state_path, **{**SETTINGS, "seed": 4})
+    other_model = shared_pruner("vgg_small")
+    with pytest.raises(ValueError, match=r"different groups"):
+        LeGRSearch(other_model, make_fitness(reference), 0.5, state_path=state_path, **SETTINGS)
+    not_a_state = tmp_path / "other.json"
+    not_a_state.write_text(json.dumps({"hello": 1}))
+    with pytest.raises(ValueError, match="not a lightning-legr search state"):
+        LeGRSearch(pruner, make_fitness(reference), 0.5, state_path=not_a_state, **SETTINGS)
+
+
+def test_best_transform_before_any_generation_is_the_identity(pruner, reference):
+    search = LeGRSearch(pruner, make_fitness(reference), 0.5, **SETTINGS)
+    assert search.best_transform() == pruner.identity()
+
+
+def test_search_checks_its_arguments(pruner, reference):
+    with pytest.raises(TypeError, match="`fitness` must be a callable"):
+        LeGRSearch(pruner, 0.5, 0.5)
+    with pytest.raises(ValueError, match=r"`flops` must be in \(0, 1\]"):
+        LeGRSearch(pruner, make_fitness(reference), 1.5)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        LeGRSearch(pruner, make_fitness(reference), pruner.min_flops / 2)
+
+
+def test_learn_transform(tmp_path):
+    model, x = build("vgg_small"), example_input()
+    with torch.no_grad():
+        target = model(BATCH)
+
+    def fitness(pruned):
+        with torch.no_grad():
+            return (pruned.eval()(BATCH) - target).pow(2).mean().item()
+
+    seen = []
+    transform = learn_transform(
+        model, x, [0.7, 0.4], fitness, state_path=tmp_path / "s.json", on_generation=seen.append,
+        generations=5, population=3, sample_size=2, seed=0,
+    )
+    assert isinstance(transform, Transform) and transform.info["search_flops"] == 0.4  # the smallest budget
+    assert len(seen) == 5 and all(g.flops <= 0.4 * (1 + 1e-9) for g in seen)
+    assert (tmp_path / "s.json").exists()
+    with pytest.raises(ValueError, match=r"lists \[0\.4\] more than once"):
+        learn_transform(model, x, [0.4, 0.4], fitness)
+    with pytest.raises(ValueError, match="`flops` is empty"):
+        learn_transform(model, x, [], fitness)
+    with pytest.raises(ValueError, match="cannot be reached"):
+        learn_transform(model, x, [0.5, 0.001], fitness)
+    assert np.isfinite(transform.alpha).all()
