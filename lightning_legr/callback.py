@@ -6,7 +6,7 @@ import glob
 import math
 import os
 import signal
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -16,14 +16,13 @@ from tqdm.auto import tqdm
 
 from lightning_legr._io import read_json, write_json
 from lightning_legr.checkpoint import save_module_checkpoint
-from lightning_legr.companion import DataSources, Evaluator, finetune, missing_metric_message
-from lightning_legr.criteria import get_criterion
+from lightning_legr.companion import DataSources, Evaluator, batch_inputs, finetune, missing_metric_message
+from lightning_legr.criteria import CRITERIA
 from lightning_legr.evolution import RegularizedEvolution
 from lightning_legr.flops import count_flops, count_params
 from lightning_legr.pruner import LeGRPruner
 from lightning_legr.report import format_table, measure_latency, plot_metric, plot_widths, write_results
 from lightning_legr.search import Generation, LeGRSearch, check_budgets
-from lightning_legr.selection import check_budget
 from lightning_legr.transform import Transform
 
 __all__ = ["LeGRCallback"]
@@ -68,8 +67,14 @@ class LeGRCallback(Callback):
         safeguard: share of every channel group always kept (at least one channel).
         criterion: base filter importance: ``"l2"`` (squared L2 norm, the paper's), ``"l1"`` or ``"bn"``.
         round_to: keep every group's width a multiple of this (1: no rounding).
-        search_flops: the budget candidates are pruned to; default the smallest of ``flops``.
+        search_flops: the budget candidates are pruned to; default the smallest of ``flops``, as in
+            the paper. A list scores each candidate by its mean fitness over those budgets, which
+            keeps the ranking good at all of them when the smallest one leaves every candidate near
+            chance (with ``tau=0`` and an aggressive budget, see docs/benchmarks.md).
         fitness_batches: validation batches scoring one candidate (default: all).
+        bn_batches: training batches (always the same ones) that re-estimate the BatchNorm statistics
+            of every candidate and every pruned model before it is scored or fine-tuned; removing
+            channels makes the old statistics wrong. 0 turns this off (as in the paper).
         finetune_epochs: epochs of fine-tuning per budget (0: keep the pruned model as it is).
         monitor: metric logged by the module's validation that scores candidates and picks the best
             fine-tuning checkpoint.
@@ -78,6 +83,7 @@ class LeGRCallback(Callback):
         dirpath: where everything is written; default ``<trainer.default_root_dir>/legr``.
         transform: a saved ``transform.json``: skip the search and prune with it.
         ignored_layers: names of modules (in the LightningModule) whose channels are never pruned.
+        customized_pruners: torch-pruning pruners for your custom layers, ``{LayerClass: pruner}``.
         latency: measure CPU latency at batch 1 and 64 for the results table.
 
     Raises:
@@ -105,8 +111,9 @@ class LeGRCallback(Callback):
         safeguard: float = 0.1,
         criterion: str = "l2",
         round_to: int = 1,
-        search_flops: Optional[float] = None,
+        search_flops: Optional[Union[float, List[float]]] = None,
         fitness_batches: Optional[int] = None,
+        bn_batches: int = 4,
         finetune_epochs: int = 10,
         monitor: str = "val_loss",
         mode: str = "min",
@@ -114,13 +121,15 @@ class LeGRCallback(Callback):
         dirpath: Optional[str] = None,
         transform: Optional[str] = None,
         ignored_layers: Optional[List[str]] = None,
+        customized_pruners: Optional[dict] = None,
         latency: bool = True,
     ) -> None:
         super().__init__()
         self.flops = check_budgets(flops)
-        self.search_flops = check_budget(search_flops, "search_flops") if search_flops is not None else min(self.flops)
+        self.search_flops = sorted(check_budgets(search_flops, "search_flops")) if search_flops is not None else [min(self.flops)]
         RegularizedEvolution([1.0], generations, population, sample_size, mutation_rate, sigma, seed=seed)
-        for name, value, minimum in (("tau", tau, 0), ("finetune_epochs", finetune_epochs, 0), ("round_to", round_to, 1)):
+        integers = (("tau", tau, 0), ("finetune_epochs", finetune_epochs, 0), ("round_to", round_to, 1), ("bn_batches", bn_batches, 0))
+        for name, value, minimum in integers:
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
         if fitness_batches is not None and (not isinstance(fitness_batches, int) or fitness_batches < 1):
@@ -131,16 +140,20 @@ class LeGRCallback(Callback):
             raise ValueError(f"`safeguard` must be in [0, 1) (the share of each group always kept), got {safeguard}")
         if mode not in ("min", "max"):
             raise ValueError(f"`mode` can be min or max, got {mode!r}")
-        get_criterion(criterion)
+        if criterion not in CRITERIA:
+            raise ValueError(f"`criterion` can be {', '.join(CRITERIA)}, got {criterion!r}")
+        if not all(isinstance(name, str) for name in ignored_layers or []):
+            raise ValueError(f"`ignored_layers` must be module names (strings, e.g. 'model.conv1'), got {ignored_layers!r}")
         if transform is not None:
             Transform.load(transform)  # fail now on a missing or broken file
         self.generations, self.population, self.sample_size = generations, population, sample_size
         self.mutation_rate, self.sigma, self.seed = mutation_rate, sigma, seed
-        self.tau, self.tau_lr, self.fitness_batches = tau, tau_lr, fitness_batches
+        self.tau, self.tau_lr, self.fitness_batches, self.bn_batches = tau, tau_lr, fitness_batches, bn_batches
         self.safeguard, self.criterion, self.round_to = safeguard, criterion, round_to
         self.finetune_epochs, self.monitor, self.mode = finetune_epochs, monitor, mode
         self.dirpath, self.transform_path = dirpath, transform
         self.ignored_layers = list(ignored_layers or [])
+        self.customized_pruners = dict(customized_pruners or {})
         self.latency = latency
         self.transform: Optional[Transform] = None
         self.results: List[Dict[str, Any]] = []
@@ -151,7 +164,7 @@ class LeGRCallback(Callback):
         """What makes two runs the same run: a dirpath is only reused with these unchanged."""
         return {
             "flops": self.flops,
-            "search_flops": self.search_flops,
+            "search_flops": self.search_flops if len(self.search_flops) > 1 else self.search_flops[0],
             "generations": self.generations,
             "population": self.population,
             "sample_size": self.sample_size,
@@ -163,12 +176,14 @@ class LeGRCallback(Callback):
             "criterion": self.criterion,
             "round_to": self.round_to,
             "fitness_batches": self.fitness_batches,
+            "bn_batches": self.bn_batches,
             "finetune_epochs": self.finetune_epochs,
             "monitor": self.monitor,
             "mode": self.mode,
             "seed": self.seed,
             "transform": None if self.transform_path is None else os.path.abspath(self.transform_path),
             "ignored_layers": self.ignored_layers,
+            "customized_pruners": sorted(getattr(k, "__name__", str(k)) for k in self.customized_pruners),
         }
 
     def _path(self, *parts: str) -> str:
@@ -187,8 +202,9 @@ class LeGRCallback(Callback):
         if trainer.world_size > 1:
             raise ValueError(
                 f"LeGRCallback runs its search in one process, but this Trainer has {trainer.world_size}."
-                " Pretrain with several devices if you like, then run LeGR with devices=1 from the checkpoint:"
-                " Trainer(devices=1, max_epochs=0, callbacks=[LeGRCallback(...)]).fit(model, dm, ckpt_path=...)."
+                " Pretrain with several devices if you like, then load the trained weights"
+                " (model = MyModule.load_from_checkpoint(path)) and run LeGR alone on one device:"
+                " Trainer(devices=1, max_epochs=0, callbacks=[LeGRCallback(...)]).fit(model, dm)."
             )
         data = DataSources(trainer)
         if not data.has_validation or trainer.limit_val_batches == 0:
@@ -200,12 +216,14 @@ class LeGRCallback(Callback):
         resumed = self._resume_pretraining(trainer, pl_module)
         self._example = self._example_input(pl_module, data)
         pruner = self._pruner(pl_module)  # raises if the model cannot be pruned
-        for budget in self.flops + [self.search_flops]:
+        for budget in self.flops + self.search_flops:
             pruner.select(budget)  # raises if the safeguard makes a budget unreachable
         if self.transform_path is not None:
             Transform.load(self.transform_path).check(
                 pruner.structure.signature(), pruner.criterion.name, f"The transform file {self.transform_path}"
             )
+        if self.bn_batches:
+            batch_inputs(next(iter(data.loader("train"))))  # BatchNorm recalibration can read the batches
         metrics = Evaluator(trainer, data, self.monitor).metrics(copy.deepcopy(pl_module), batches=1)
         if self.monitor not in metrics:
             raise ValueError(missing_metric_message(self.monitor, metrics))
@@ -251,27 +269,20 @@ class LeGRCallback(Callback):
             return False
         checkpoint = torch.load(base, map_location=pl_module.device, weights_only=False)
         pl_module.load_state_dict(checkpoint["state_dict"])
-        trainer.should_stop = True
+        trainer.fit_loop.max_epochs = trainer.fit_loop.epoch_progress.current.processed  # nothing left to train
         return True
 
     def _example_input(self, pl_module: pl.LightningModule, data: DataSources) -> Any:
         example = pl_module.example_input_array
         if example is None:
-            batch = next(iter(data.loader("val")))
-            example = batch[0] if isinstance(batch, (tuple, list)) else batch
-            if not isinstance(example, torch.Tensor):
-                raise ValueError(
-                    "LeGRCallback needs an example input to trace the model: set"
-                    " `self.example_input_array = torch.randn(1, ...)` in your LightningModule's __init__"
-                    " (its validation batches are not (input, target) tuples, so it cannot take one from them)."
-                )
-            example = example[:1]
+            example = batch_inputs(next(iter(data.loader("val"))))[:1]
         return _to_device(example, pl_module.device)
 
     def _pruner(self, pl_module: pl.LightningModule) -> LeGRPruner:
         return LeGRPruner(
             pl_module, _to_device(self._example, pl_module.device), criterion=self.criterion,
             safeguard=self.safeguard, round_to=self.round_to, ignored_layers=self.ignored_layers,
+            customized_pruners=self.customized_pruners or None,
         )
 
     # ------------------------------------------------------------------ the run
@@ -284,8 +295,9 @@ class LeGRCallback(Callback):
         data = DataSources(trainer)
         pruner = self._pruner(pl_module)
         self.transform = self._learn(trainer, pruner, data)
-        evaluator = Evaluator(trainer, data, self.monitor)
-        self.results = [self._measure(1.0, pl_module, evaluator(copy.deepcopy(pl_module)), None, self._path(BASE_CKPT))]
+        evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches)
+        base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
+        self.results = [self._measure(1.0, pl_module, base_metric, None, self._path(BASE_CKPT))]
         done = {r["budget"]: r for r in self._saved_results()}
         for budget in sorted(self.flops, reverse=True):
             row = done.get(budget)
@@ -303,7 +315,7 @@ class LeGRCallback(Callback):
             transform.check(pruner.structure.signature(), pruner.criterion.name)
             return transform
         sign = 1.0 if self.mode == "min" else -1.0
-        score = Evaluator(trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr)
+        score = Evaluator(trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches)
         search = LeGRSearch(
             pruner, lambda module: sign * score(module), self.search_flops, state_path=self._path(STATE_FILE),
             generations=self.generations, population=self.population, sample_size=self.sample_size,
@@ -333,14 +345,15 @@ class LeGRCallback(Callback):
     def _compress_one(
         self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, evaluator: Evaluator, budget: float
     ) -> Dict[str, Any]:
-        directory = self._path(f"flops_{budget:.2f}")
+        directory = self._path(f"flops_{_name(budget)}")
         module = pruner.prune(budget, self.transform)
-        before = evaluator(copy.deepcopy(module))
+        evaluator.recalibrate(module)
+        before = evaluator(copy.deepcopy(module), recalibrate=False)
         if self.finetune_epochs > 0:
             last = os.path.join(directory, "last.ckpt")
             path, after = finetune(
                 module, trainer, data, self.finetune_epochs, directory, self.monitor, self.mode,
-                prefix=f"flops_{budget:.2f}", resume_from=last if os.path.exists(last) else None,
+                prefix=f"flops_{_name(budget)}", resume_from=last if os.path.exists(last) else None,
             )
         else:
             path, after = save_module_checkpoint(module, os.path.join(directory, "pruned.ckpt")), None
@@ -383,8 +396,13 @@ class LeGRCallback(Callback):
                 kept = pruner.select(budget, self.transform).widths
                 plot_widths(
                     [g.name for g in groups], [g.width for g in groups], kept,
-                    self._path(f"widths_{budget:.2f}.png"), f"channels kept at {budget:.0%} of the FLOPs",
+                    self._path(f"widths_{_name(budget)}.png"), f"channels kept at {budget:.0%} of the FLOPs",
                 )
+
+
+def _name(budget: float) -> str:
+    """Budget in file names: two decimals (flops_0.30), more only when needed (flops_0.333)."""
+    return f"{budget:.2f}" if round(budget, 2) == budget else f"{budget:g}"
 
 
 def _to_device(x: Any, device: torch.device) -> Any:

@@ -16,12 +16,16 @@ __all__ = ["load_pruned", "save_module_checkpoint"]
 M = TypeVar("M", bound=pl.LightningModule)
 
 
-def load_pruned(path: PathLike, cls: Type[M], map_location: Any = None, **kwargs: Any) -> M:
+def load_pruned(
+    path: PathLike, cls: Type[M], map_location: Any = None, customized_pruners: Optional[Dict[Any, Any]] = None,
+    **kwargs: Any,
+) -> M:
     """Load a pruned checkpoint into ``cls``, the LightningModule class it was trained with.
 
     ``cls.load_from_checkpoint`` alone fails on a pruned checkpoint: the freshly built module has the
     original widths. This builds it the same way (hyperparameters from the checkpoint, ``kwargs``
-    override them), replays the pruning record the checkpoint carries, then loads the weights.
+    override them), replays the pruning record the checkpoint carries (with ``customized_pruners``
+    for custom layers, as when pruning), then loads the weights.
     The result gives the same outputs as the module that was saved, and ``Trainer.fit(module,
     ckpt_path=path)`` resumes training from the checkpoint.
 
@@ -42,12 +46,12 @@ def load_pruned(path: PathLike, cls: Type[M], map_location: Any = None, **kwargs
             f"{path} holds no pruning record ({RECORD_KEY!r} is not in its state_dict): it is not a model pruned"
             f" by lightning-legr. Load it with {cls.__name__}.load_from_checkpoint instead."
         )
-    with _replay_on_load(cls, record):
+    with _replay_on_load(cls, record, customized_pruners):
         return cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, **kwargs)
 
 
 @contextlib.contextmanager
-def _replay_on_load(cls: type, record: Dict[str, Any]) -> Iterator[None]:
+def _replay_on_load(cls: type, record: Dict[str, Any], customized_pruners: Optional[Dict[Any, Any]]) -> Iterator[None]:
     """While active, ``cls.on_load_checkpoint`` first rebuilds the pruned architecture.
 
     Lightning calls ``on_load_checkpoint`` after building the module and before loading the state
@@ -57,7 +61,7 @@ def _replay_on_load(cls: type, record: Dict[str, Any]) -> Iterator[None]:
     inherited = cls.on_load_checkpoint
 
     def on_load_checkpoint(self, checkpoint):
-        restore(self, record)
+        restore(self, record, customized_pruners=customized_pruners)
         return inherited(self, checkpoint)
 
     cls.on_load_checkpoint = on_load_checkpoint

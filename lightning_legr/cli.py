@@ -7,12 +7,13 @@
 
 ``--legr.*`` are the arguments of :class:`~lightning_legr.LeGRCallback`, which the command adds to
 the Trainer. In your own LightningCLI script, add it with
-``--trainer.callbacks+=LeGRCallback --trainer.callbacks.flops=[0.3,0.5]`` (import
-``lightning_legr`` first, or write the class path ``lightning_legr.LeGRCallback``).
+``--trainer.callbacks+=lightning_legr.LeGRCallback --trainer.callbacks.flops=[0.3,0.5]``; the short
+name ``LeGRCallback`` works once the class is imported (``from lightning_legr import LeGRCallback``).
 """
 
 import os
 import sys
+import warnings
 from typing import List, Optional
 
 import lightning.pytorch as pl
@@ -56,6 +57,8 @@ class LeGRCLI(LightningCLI):
         kwargs.setdefault("trainer_class", LeGRTrainer)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
+        # running the same command again is how a cut-off run resumes: let it rewrite its config.yaml
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -74,7 +77,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         argv = ["fit", "--config", DEMO_CONFIG, *argv[1:]]
-    LeGRCLI(args=argv)
+    with warnings.catch_warnings():  # we pass sys.argv ourselves, on purpose
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        LeGRCLI(args=argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ accelerator, device and precision.
 """
 
 import contextlib
+import itertools
 import logging
 import math
 import warnings
@@ -16,7 +17,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-__all__ = ["DataSources", "trainer_kwargs", "Evaluator", "finetune", "quiet"]
+from lightning_legr.calibration import recalibrate_batchnorm
+
+__all__ = ["DataSources", "trainer_kwargs", "Evaluator", "finetune", "quiet", "batch_inputs"]
 
 _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")
 
@@ -72,8 +75,21 @@ class DataSources:
         return self._cache[which]
 
 
+def batch_inputs(batch: Any) -> torch.Tensor:
+    """The model input of a batch: the batch itself if a tensor, else its first element."""
+    if isinstance(batch, (tuple, list)) and batch:
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise ValueError(
+            f"Cannot take the model input from a batch of type {type(batch).__name__}: lightning-legr expects"
+            " a tensor or an (input, target) tuple. Set `self.example_input_array` in your LightningModule, and"
+            " bn_batches=0 in LeGRCallback."
+        )
+    return batch
+
+
 class Evaluator:
-    """``monitor`` of a candidate: optional ``tau`` training steps, then validation.
+    """``monitor`` of a candidate: BatchNorm recalibration, optional ``tau`` training steps, then validation.
 
     Args:
         outer: the user's Trainer (for accelerator, device, precision).
@@ -83,6 +99,7 @@ class Evaluator:
         tau: training steps before validation.
         tau_lr: learning rate of the plain SGD used for those steps (momentum 0.9, weight decay 5e-4,
             as in the paper's code); None uses the module's own ``configure_optimizers``.
+        bn_batches: training batches (always the same ones) that re-estimate BatchNorm statistics.
     """
 
     def __init__(
@@ -93,14 +110,28 @@ class Evaluator:
         batches: Optional[int] = None,
         tau: int = 0,
         tau_lr: Optional[float] = 1e-3,
+        bn_batches: int = 0,
     ) -> None:
         self.kwargs = trainer_kwargs(outer)
+        self.device = outer.strategy.root_device
         self.data = data
         self.monitor = monitor
         self.batches = batches
         self.tau = tau
         self.tau_lr = tau_lr
+        self.bn_batches = bn_batches
+        self._bn_inputs: Optional[List[torch.Tensor]] = None
         self.root_dir = outer.default_root_dir
+
+    def recalibrate(self, module: pl.LightningModule) -> None:
+        """Re-estimate the module's BatchNorm statistics on the first ``bn_batches`` training batches."""
+        if self.bn_batches == 0:
+            return
+        if self._bn_inputs is None:
+            batches = itertools.islice(self.data.loader("train"), self.bn_batches)
+            self._bn_inputs = [batch_inputs(b) for b in batches]
+        module.to(self.device)
+        recalibrate_batchnorm(module, (x.to(self.device) for x in self._bn_inputs))
 
     def _trainer(self, **kwargs: Any) -> pl.Trainer:
         return pl.Trainer(
@@ -108,10 +139,14 @@ class Evaluator:
             num_sanity_val_steps=0, default_root_dir=self.root_dir, **self.kwargs, **kwargs,
         )
 
-    def metrics(self, module: pl.LightningModule, batches: Optional[int] = None) -> Dict[str, float]:
-        """Everything the module logs in validation (after the ``tau`` steps), as floats."""
+    def metrics(
+        self, module: pl.LightningModule, batches: Optional[int] = None, recalibrate: bool = True
+    ) -> Dict[str, float]:
+        """Everything the module logs in validation (after recalibration and ``tau`` steps), as floats."""
         batches = self.batches if batches is None else batches
         _forget_metric_names(module)
+        if recalibrate:
+            self.recalibrate(module)
         with quiet():
             if self.tau > 0:
                 if self.tau_lr is not None:
@@ -127,8 +162,8 @@ class Evaluator:
             )
         return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
-    def __call__(self, module: pl.LightningModule, batches: Optional[int] = None) -> float:
-        metrics = self.metrics(module, batches)
+    def __call__(self, module: pl.LightningModule, batches: Optional[int] = None, recalibrate: bool = True) -> float:
+        metrics = self.metrics(module, batches, recalibrate)
         if self.monitor not in metrics:
             raise KeyError(missing_metric_message(self.monitor, metrics))
         value = metrics[self.monitor]

@@ -17,7 +17,9 @@ from torch import nn
 
 from lightning_legr.structure import ChannelGroup, GroupMember
 
-__all__ = ["Criterion", "SquaredL2Norm", "L1Norm", "BNScale", "CRITERIA", "get_criterion"]
+__all__ = [
+    "Criterion", "SquaredL2Norm", "L1Norm", "BNScale", "RandomScores", "WithinGroupRank", "CRITERIA", "get_criterion",
+]
 
 
 class Criterion:
@@ -94,11 +96,49 @@ class BNScale(Criterion):
         return member.module.weight.index_select(0, torch.as_tensor(member.positions)).abs()
 
 
-CRITERIA: Dict[str, Type[Criterion]] = {c.name: c for c in (SquaredL2Norm, L1Norm, BNScale)}
+class RandomScores(Criterion):
+    """Random scores: the random-ranking baseline. Seeded, and different for every group."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def __call__(self, group: ChannelGroup) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + group.index)
+        return torch.rand(group.width, generator=generator, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return f"RandomScores(seed={self.seed})"
+
+
+class WithinGroupRank(Criterion):
+    """A channel's rank within its group, as a share in (0, 1]: the uniform-pruning baseline.
+
+    Ranked globally, these scores remove the same share of every group (the lowest by ``base``),
+    up to the channel granularity, the safeguard and the exact FLOP budget.
+    """
+
+    name = "uniform"
+
+    def __init__(self, base: Union[str, Criterion] = "l2") -> None:
+        self.base = get_criterion(base)
+
+    def __call__(self, group: ChannelGroup) -> torch.Tensor:
+        order = torch.argsort(self.base(group), stable=True)
+        ranks = torch.empty(group.width, dtype=torch.float64)
+        ranks[order] = torch.arange(1, group.width + 1, dtype=torch.float64) / group.width
+        return ranks
+
+    def __repr__(self) -> str:
+        return f"WithinGroupRank({self.base!r})"
+
+
+CRITERIA: Dict[str, Type[Criterion]] = {c.name: c for c in (SquaredL2Norm, L1Norm, BNScale, RandomScores, WithinGroupRank)}
 
 
 def get_criterion(criterion: Union[str, Criterion]) -> Criterion:
-    """A criterion from its name ("l2", "l1", "bn") or an instance."""
+    """A criterion from its name ("l2", "l1", "bn"; baselines "random", "uniform") or an instance."""
     if isinstance(criterion, Criterion):
         return criterion
     if criterion not in CRITERIA:

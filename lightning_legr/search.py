@@ -23,15 +23,16 @@ STATE_FORMAT = "lightning-legr/search-state"
 Fitness = Callable[[nn.Module], float]
 
 
-def check_budgets(flops: Union[float, Sequence[float]]) -> list:
+def check_budgets(flops: Union[float, Sequence[float]], name: str = "flops") -> list:
     """Validate a budget or a list of budgets: numbers in (0, 1], at least one, no duplicates."""
-    budgets = [flops] if isinstance(flops, (numbers.Real, str)) else list(flops)
+    iterable = hasattr(flops, "__iter__") and not isinstance(flops, (str, numbers.Real))
+    budgets = list(flops) if iterable else [flops]
     if not budgets:
-        raise ValueError("`flops` is empty: give at least one budget in (0, 1], e.g. flops=[0.3, 0.5, 0.7]")
-    budgets = [check_budget(f) for f in budgets]
+        raise ValueError(f"`{name}` is empty: give at least one budget in (0, 1], e.g. {name}=[0.3, 0.5, 0.7]")
+    budgets = [check_budget(f, name) for f in budgets]
     duplicated = sorted({f for f in budgets if budgets.count(f) > 1})
     if duplicated:
-        raise ValueError(f"`flops` lists {duplicated} more than once; give each budget once.")
+        raise ValueError(f"`{name}` lists {duplicated} more than once; give each budget once.")
     return budgets
 
 
@@ -43,8 +44,8 @@ class Generation:
     fitness: float
     best_fitness: float
     mean_fitness: float
-    widths: np.ndarray
-    flops: float
+    widths: np.ndarray  # at the smallest search budget
+    flops: float  # fraction of the FLOPs kept at the smallest search budget
     seconds: float
 
 
@@ -55,7 +56,10 @@ class LeGRSearch:
     Args:
         pruner: the model's :class:`~lightning_legr.pruner.LeGRPruner`.
         fitness: called with each candidate's pruned copy; returns a float, lower is better.
-        flops: the budget candidates are pruned to (the smallest of the budgets you want).
+        flops: the budget candidates are pruned to: the paper uses the smallest of the budgets you
+            want. Several budgets: a candidate's fitness is the mean over them (one pruned copy
+            each), which keeps the ranking good at all of them when the smallest is so aggressive
+            that every candidate there is near chance (see docs/benchmarks.md).
         state_path: a JSON file the search's state is written to after every generation; if it
             exists, the search resumes from it. ``None``: no file.
         **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
@@ -86,8 +90,9 @@ class LeGRSearch:
             raise TypeError(f"`fitness` must be a callable (pruned model -> float), got {type(fitness).__name__}")
         self.pruner = pruner
         self.fitness = fitness
-        self.flops = check_budget(flops)
-        self.pruner.select(self.flops)  # an unreachable budget fails here, before any evaluation
+        self.flops = sorted(check_budgets(flops))
+        for budget in self.flops:
+            self.pruner.select(budget)  # an unreachable budget fails here, before any evaluation
         self.evolution = RegularizedEvolution(pruner.score_spread(), **evolution)
         self.state_path = None if state_path is None else os.fspath(state_path)
         if self.state_path and os.path.exists(self.state_path):
@@ -101,14 +106,14 @@ class LeGRSearch:
         """Evaluate one candidate; write the state file if there is one."""
         start = time.perf_counter()
         transform = self._transform(*self.evolution.ask())
-        selection = self.pruner.select(self.flops, transform)
-        fitness = float(self.fitness(self.pruner.apply(selection)))
+        selections = [self.pruner.select(budget, transform) for budget in self.flops]
+        fitness = float(np.mean([float(self.fitness(self.pruner.apply(s))) for s in selections]))
         self.evolution.tell(fitness)
         if self.state_path:
             write_json(self.state_path, self.state_dict())
         _, best, mean = self.evolution.history[-1]
         return Generation(
-            self.evolution.generation - 1, fitness, best, mean, selection.widths, selection.ratio,
+            self.evolution.generation - 1, fitness, best, mean, selections[0].widths, selections[0].ratio,
             time.perf_counter() - start,
         )
 
@@ -129,7 +134,7 @@ class LeGRSearch:
         info = {
             "fitness": fitness if math.isfinite(fitness) else None,
             "generation": generation,
-            "search_flops": self.flops,
+            "search_flops": self.flops if len(self.flops) > 1 else self.flops[0],
             "generations": self.evolution.generations,
             "population": self.evolution.population,
             "seed": self.evolution.seed,
@@ -174,6 +179,7 @@ def learn_transform(
     example_inputs: ExampleInputs,
     flops: Union[float, Sequence[float]],
     fitness: Fitness,
+    search_flops: Optional[Union[float, Sequence[float]]] = None,
     state_path: Optional[PathLike] = None,
     on_generation: Optional[Callable[[Generation], None]] = None,
     generations: int = 400,
@@ -187,8 +193,9 @@ def learn_transform(
     """Learn a LeGR transform for ``model`` without Lightning.
 
     Every budget in ``flops`` is checked first (reachable under the safeguard); the search prunes
-    candidates to the smallest one, as in the paper. ``fitness(pruned_model) -> float`` is yours:
-    validation loss, possibly after a few fine-tune steps; lower is better.
+    candidates to ``search_flops``: by default the smallest budget, as in the paper; a list averages
+    the fitness over several. ``fitness(pruned_model) -> float`` is yours: validation loss, possibly
+    after a few fine-tune steps; lower is better.
 
     Keyword arguments not listed go to :class:`~lightning_legr.pruner.LeGRPruner` (``criterion``,
     ``safeguard``, ``round_to``, ``ignored_layers``, ``customized_pruners``).
@@ -208,7 +215,8 @@ def learn_transform(
     for budget in budgets:
         pruner.select(budget)
     search = LeGRSearch(
-        pruner, fitness, min(budgets), state_path, generations=generations, population=population,
+        pruner, fitness, min(budgets) if search_flops is None else search_flops, state_path,
+        generations=generations, population=population,
         sample_size=sample_size, mutation_rate=mutation_rate, sigma=sigma, seed=seed,
     )
     return search.run(on_generation)

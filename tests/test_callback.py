@@ -212,3 +212,53 @@ def test_data_module_is_left_with_the_outer_trainer(tmp_path):
     t.fit(DigitsClassifier(width=8), datamodule=data)
     assert data.trainer is t
     assert isinstance(data, DigitsDataModule)
+
+
+def test_several_search_budgets_and_odd_budget_names(tmp_path):
+    callback = LeGRCallback(
+        flops=[0.333, 0.7], search_flops=[0.333, 0.7], dirpath=str(tmp_path / "legr"), **dict(SMALL_SEARCH, finetune_epochs=0)
+    )
+    trainer(tmp_path, [callback]).fit(tiny_module(), datamodule=tiny_data())
+    assert callback.transform.info["search_flops"] == [0.333, 0.7]
+    assert (tmp_path / "legr" / "flops_0.333" / "pruned.ckpt").exists()
+    assert (tmp_path / "legr" / "widths_0.70.png").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(criterion=object()), "`criterion` can be"),
+        (dict(ignored_layers=[torch.nn.Conv2d(1, 1, 1)]), "`ignored_layers` must be module names"),
+        (dict(bn_batches=-1), "`bn_batches`"),
+        (dict(search_flops=[0.2, 2.0]), r"`search_flops` must be in \(0, 1\]"),
+    ],
+)
+def test_more_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LeGRCallback(flops=[0.5], **kwargs)
+
+
+def test_resumed_run_does_not_train_even_with_min_epochs(tmp_path):
+    settings = dict(SMALL_SEARCH, finetune_epochs=0)
+    trainer(tmp_path, [LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **settings)]).fit(
+        tiny_module(), datamodule=tiny_data()
+    )
+    CountingClassifier.steps = 0
+    again = trainer(tmp_path, [LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **settings)], min_epochs=2)
+    again.fit(CountingClassifier(width=8), datamodule=tiny_data())
+    assert CountingClassifier.steps == 0
+
+
+def test_bn_recalibration_improves_the_pruned_score(tmp_path):
+    first = LeGRCallback(flops=[0.3], dirpath=str(tmp_path / "first"), **dict(SMALL_SEARCH, finetune_epochs=0))
+    trainer(tmp_path / "first", [first], max_epochs=3).fit(tiny_module(), datamodule=tiny_data())
+    weights = torch.load(tmp_path / "first" / "base.ckpt", weights_only=False)["state_dict"]
+    scores = {}
+    for bn_batches in (0, 4):  # the same weights and transform: only the recalibration differs
+        module = tiny_module()
+        module.load_state_dict(weights)
+        callback = LeGRCallback(flops=[0.3], bn_batches=bn_batches, transform=str(tmp_path / "first" / "transform.json"),
+                                dirpath=str(tmp_path / f"bn{bn_batches}"), **dict(SMALL_SEARCH, finetune_epochs=0))
+        trainer(tmp_path / f"bn{bn_batches}", [callback], max_epochs=0).fit(module, datamodule=tiny_data())
+        scores[bn_batches] = callback.results[1]["metric_before"]
+    assert scores[4] < scores[0]

@@ -121,7 +121,7 @@ def test_transform_file_from_another_model(pruner, tmp_path):
         (dict(safeguard=-0.1), ValueError, r"`safeguard` must be in \[0, 1\]"),
         (dict(round_to=0), ValueError, "`round_to` must be a positive integer, got 0"),
         (dict(round_to=2.0), ValueError, "`round_to` must be a positive integer, got 2.0"),
-        (dict(criterion="l0"), ValueError, "`criterion` can be l2, l1, bn or a Criterion instance, got 'l0'"),
+        (dict(criterion="l0"), ValueError, "`criterion` can be l2, l1, bn, random, uniform or a Criterion instance, got 'l0'"),
         (dict(ignored_layers=["features.99"]), ValueError, r"`ignored_layers` names 'features\.99', which is not"),
     ],
 )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_legr import LeGRSearch, Transform, learn_transform
+from lightning_legr import LeGRSearch, Transform, learn_transform, pruning_record
 from tests.models import build, example_input, shared_pruner
 
 SETTINGS = dict(generations=9, population=4, sample_size=2, mutation_rate=0.3, seed=3)
@@ -140,3 +140,20 @@ def test_learn_transform(tmp_path):
     with pytest.raises(ValueError, match="cannot be reached"):
         learn_transform(model, x, [0.5, 0.001], fitness)
     assert np.isfinite(transform.alpha).all()
+
+
+def test_several_search_budgets_average_the_fitness():
+    pruner = shared_pruner("resnet56_B")
+    seen = []
+
+    def fitness(pruned):
+        ratio = pruning_record(pruned)["steps"][-1]["flops"] / pruning_record(pruned)["steps"][-1]["original_flops"]
+        seen.append(ratio)
+        return ratio
+
+    search = LeGRSearch(pruner, fitness, flops=[0.7, 0.3], generations=2, population=2, sample_size=1)
+    search.run()
+    assert search.flops == [0.3, 0.7]
+    assert len(seen) == 4  # two pruned copies per candidate
+    assert search.evolution.history[0][0] == pytest.approx((seen[0] + seen[1]) / 2)
+    assert search.best_transform().info["search_flops"] == [0.3, 0.7]
