@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 
 from cifar10 import BatchTransform, load_image_folder  # noqa: E402
 
-from lightning_legr import LeGRPruner, LeGRSearch, count_flops, count_params  # noqa: E402
+from lightning_legr import LeGRPruner, LeGRSearch, Transform, count_flops, count_params  # noqa: E402
 from lightning_legr.calibration import recalibrate_batchnorm  # noqa: E402
 from lightning_legr.models import cifar_resnet  # noqa: E402
 from lightning_legr.report import measure_latency  # noqa: E402
@@ -221,7 +221,13 @@ def legr_transform(model, x, search_budgets, val, train, generations, tau, tau_l
         generations=generations, population=min(64, generations), sample_size=min(16, generations), seed=seed,
     )
     start = time.perf_counter()
-    transform = search.run()
+
+    def progress(gen):
+        if (gen.generation + 1) % 50 == 0:
+            print(f"  generation {gen.generation + 1}/{generations}: best fitness {gen.best_fitness:.4f},"
+                  f" {time.perf_counter() - start:.0f} s", flush=True)
+
+    transform = search.run(progress)
     return pruner, transform, time.perf_counter() - start, search.evolution.history
 
 
@@ -258,6 +264,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=float, help="override the recipe's epochs")
     parser.add_argument("--lr", type=float, help="override the recipe's learning rate")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per method and budget")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--transforms-from", help="results JSON of an earlier run: reuse its learned transforms")
+    parser.add_argument("--merge", nargs="+", help="results JSON files to merge into one table (no training)")
     parser.add_argument("--generations", type=int, default=400, help="LeGR tau=0 search length")
     parser.add_argument("--fitness-images", type=int, default=500, help="held-out images scoring a candidate")
     parser.add_argument("--tau", type=int, default=20, help="SGD steps (batch 64) per candidate for legr_tau")
@@ -266,8 +275,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--plot", default=None, help="PNG of test accuracy against FLOPs")
+    parser.add_argument("--name", default=None, help="results file name (default cifar10_<recipe>)")
     parser.add_argument("--smoke", action="store_true", help="tiny everything, for the tests")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.budgets, args.plot)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     recipe = RECIPES[args.recipe]
@@ -299,8 +311,18 @@ def main(argv=None) -> int:
         "legr_tau": (min(args.budgets), args.tau_generations, args.tau, SEARCH_BN_IMAGES),
         "legr_paper": (min(args.budgets), args.generations, 0, 0),
     }
+    earlier = {}
+    if args.transforms_from:
+        with open(args.transforms_from) as f:
+            earlier = json.load(f)["searches"]
     for method, (search_budgets, generations, tau, bn_images) in legr_settings.items():
         if method not in args.methods:
+            continue
+        if method in earlier:  # the learned transform of an earlier run: fine-tune other seeds without searching
+            pruner, transform = LeGRPruner(model, x), Transform.from_dict(earlier[method]["transform"])
+            searches[method] = earlier[method]
+            pruned_models[method] = lambda b, p=pruner, t=transform: p.prune(b, t)
+            print(f"{method}: transform from {args.transforms_from}", flush=True)
             continue
         pruner, transform, seconds, history = legr_transform(
             model, x, search_budgets, fitness_val, train, generations, tau, args.tau_lr, 0, bn_images)
@@ -323,7 +345,7 @@ def main(argv=None) -> int:
             flops = count_flops(pruned, x)
             _, acc_pruned = evaluate(pruned, test)
             latency = (measure_latency(pruned, x, 1), measure_latency(pruned, x, 64))
-            for seed in range(args.seeds):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 tuned = copy.deepcopy(pruned)
                 seconds = finetune(tuned, train, recipe, seed, teacher)
                 _, acc_tuned = evaluate(tuned, test)
@@ -350,11 +372,26 @@ def main(argv=None) -> int:
                       tau_lr=args.tau_lr, tau_generations=args.tau_generations, seeds=args.seeds),
     )
     os.makedirs(args.out, exist_ok=True)
-    name = "smoke" if args.smoke else f"cifar10_{args.recipe}"
+    name = args.name or ("smoke" if args.smoke else f"cifar10_{args.recipe}")
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump(record, f, indent=1)
     if args.plot:
         plot(summary, base_flops, base_acc, args.plot)
+    return 0
+
+
+def merge(paths: List[str], budgets: List[float], plot_path: Optional[str]) -> int:
+    """One table from several runs (e.g. one per fine-tuning seed): latency and search time of the first."""
+    records = []
+    for path in paths:
+        with open(path) as f:
+            records.append(json.load(f))
+    base = records[0]["rows"][0]
+    rows = [base] + [r for record in records for r in record["rows"] if r["method"] != "unpruned"]
+    summary = summarize(rows, budgets)
+    print(markdown_table(summary, base["acc_tuned"]))
+    if plot_path:
+        plot(summary, base["flops"], base["acc_tuned"], plot_path)
     return 0
 
 

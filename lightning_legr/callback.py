@@ -23,6 +23,7 @@ from lightning_legr.flops import count_flops, count_params
 from lightning_legr.pruner import LeGRPruner
 from lightning_legr.report import format_table, measure_latency, plot_metric, plot_widths, write_results
 from lightning_legr.search import Generation, LeGRSearch, check_budgets
+from lightning_legr.structure import map_tensors
 from lightning_legr.transform import Transform
 
 __all__ = ["LeGRCallback"]
@@ -276,11 +277,11 @@ class LeGRCallback(Callback):
         example = pl_module.example_input_array
         if example is None:
             example = batch_inputs(next(iter(data.loader("val"))))[:1]
-        return _to_device(example, pl_module.device)
+        return map_tensors(example, lambda t: t.to(pl_module.device))
 
     def _pruner(self, pl_module: pl.LightningModule) -> LeGRPruner:
         return LeGRPruner(
-            pl_module, _to_device(self._example, pl_module.device), criterion=self.criterion,
+            pl_module, map_tensors(self._example, lambda t: t.to(pl_module.device)), criterion=self.criterion,
             safeguard=self.safeguard, round_to=self.round_to, ignored_layers=self.ignored_layers,
             customized_pruners=self.customized_pruners or None,
         )
@@ -403,16 +404,6 @@ class LeGRCallback(Callback):
 def _name(budget: float) -> str:
     """Budget in file names: two decimals (flops_0.30), more only when needed (flops_0.333)."""
     return f"{budget:.2f}" if round(budget, 2) == budget else f"{budget:g}"
-
-
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
 
 
 def _remove_stale_temporaries(dirpath: str) -> None:

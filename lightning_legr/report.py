@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lightning_legr._io import atomic_path, write_json
-from lightning_legr.structure import ExampleInputs, run_model
+from lightning_legr.structure import ExampleInputs, map_tensors, run_model
 
 __all__ = ["measure_latency", "batch_of", "format_table", "write_results", "plot_metric", "plot_widths"]
 
@@ -32,17 +32,13 @@ _SCALE = {"flops": 1e-6, "params": 1e-3}
 def batch_of(example_inputs: ExampleInputs, batch_size: int) -> ExampleInputs:
     """The example input repeated along the batch dimension to ``batch_size`` samples."""
 
-    def grow(x: Any) -> Any:
-        if isinstance(x, torch.Tensor) and x.dim() > 0:
-            reps = -(-batch_size // x.shape[0])
-            return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
-        return x
+    def grow(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0:
+            return x
+        reps = -(-batch_size // x.shape[0])
+        return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
 
-    if isinstance(example_inputs, dict):
-        return {k: grow(v) for k, v in example_inputs.items()}
-    if isinstance(example_inputs, (tuple, list)):
-        return type(example_inputs)(grow(v) for v in example_inputs)
-    return grow(example_inputs)
+    return map_tensors(example_inputs, grow)
 
 
 @torch.inference_mode()
@@ -51,7 +47,7 @@ def measure_latency(
 ) -> float:
     """Median wall time of one forward pass on the CPU, in milliseconds (on a copy, in eval mode)."""
     model = copy.deepcopy(model).cpu().eval()
-    inputs = batch_of(_to_cpu(example_inputs), batch_size)
+    inputs = batch_of(map_tensors(example_inputs, torch.Tensor.cpu), batch_size)
     for _ in range(warmup):
         run_model(model, inputs)
     times: List[float] = []
@@ -61,16 +57,6 @@ def measure_latency(
         run_model(model, inputs)
         times.append(time.perf_counter() - t0)
     return 1000 * statistics.median(times)
-
-
-def _to_cpu(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.cpu()
-    if isinstance(x, dict):
-        return {k: _to_cpu(v) for k, v in x.items()}
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_cpu(v) for v in x)
-    return x
 
 
 def _cell(row: Dict[str, Any], key: str, fmt: str) -> str:

@@ -2,7 +2,7 @@
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 from lightning_legr.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
 
-__all__ = ["GroupMember", "ChannelGroup", "Structure", "ExampleInputs", "run_model"]
+__all__ = ["GroupMember", "ChannelGroup", "Structure", "ExampleInputs", "run_model", "map_tensors"]
 
 ExampleInputs = Union[torch.Tensor, Sequence[torch.Tensor], Dict[str, Any]]
 FLOP_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -62,6 +62,17 @@ def run_model(model: nn.Module, example_inputs: ExampleInputs) -> Any:
     if isinstance(example_inputs, (tuple, list)):
         return model(*example_inputs)
     return model(example_inputs)
+
+
+def map_tensors(example_inputs: ExampleInputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> ExampleInputs:
+    """Apply ``fn`` to every tensor of an example input (a tensor, a tuple/list or a dict of them)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return fn(example_inputs)
+    if isinstance(example_inputs, dict):
+        return {k: map_tensors(v, fn) for k, v in example_inputs.items()}
+    if isinstance(example_inputs, (tuple, list)):
+        return type(example_inputs)(map_tensors(v, fn) for v in example_inputs)
+    return example_inputs
 
 
 class _ChannelPadDetector(TorchFunctionMode):

@@ -1,0 +1,48 @@
+"""The benchmarks' smoke modes run (on generated data when ../shared is absent) and print their figures."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_core_speed_smoke(capsys):
+    assert load("core_speed").main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "select channels for one budget: median" in out and "one candidate" in out
+    assert "ptflops vs budget, worst relative error" in out
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_cifar10_benchmark_smoke(tmp_path, capsys, shared):
+    args = ["--smoke", "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")]
+    if not shared:
+        args += ["--data", str(tmp_path / "no-such-data.tar.xz")]  # as on a machine without ../shared
+    assert load("legr_cifar10").main(args) == 0
+    out = capsys.readouterr().out
+    if not shared:
+        assert "generated random images" in out
+    record = json.loads((tmp_path / "smoke.json").read_text())
+    methods = {r["method"] for r in record["summary"]}
+    assert methods == {"legr", "legr_tau", "uniform", "l2", "tp_global", "random"}
+    for row in record["summary"]:
+        assert row["flops"] <= row["budget"] * record["rows"][0]["flops"] * (1 + 1e-9)
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| budget | method |" in out
+
+
+def test_bn_recalibration_smoke(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    assert load("bn_recalibration").main(["--smoke", "--images", "128", "--budgets", "0.5"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| l2 |")]
+    assert len(rows) == 1
