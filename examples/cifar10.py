@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_legr.criteria import CRITERIA
 from lightning_legr.models import cifar_resnet
 
 __all__ = ["load_image_folder", "CIFAR10DataModule", "CIFARClassifier", "run_legr", "main"]
@@ -591,7 +592,7 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     model.add_argument("--accelerator", default="auto")
-    model.add_argument("--devices", default="auto")
+    model.add_argument("--devices", default=None, help="default: 1 with --flops (LeGR runs in one process), else auto")
     legr = p.add_argument_group("LeGR (runs when --flops is given)")
     legr.add_argument("--flops", type=float, nargs="+", default=None, help="FLOP budgets, e.g. 0.5 0.3")
     legr.add_argument("--generations", type=int, default=None)
@@ -600,8 +601,14 @@ def _parser() -> argparse.ArgumentParser:
     legr.add_argument("--mutation-rate", type=float, default=None)
     legr.add_argument("--tau", type=int, default=None, help="fine-tune steps per candidate")
     legr.add_argument("--safeguard", type=float, default=None)
-    legr.add_argument("--criterion", default=None, help="l2, l1 or bn")
-    legr.add_argument("--search-flops", type=float, default=None)
+    legr.add_argument(
+        "--criterion", default=None, choices=list(CRITERIA),
+        help="filter importance: l2 (default), l1 or bn; random and uniform are baselines for comparisons",
+    )
+    legr.add_argument(
+        "--search-flops", type=float, nargs="+", default=None,
+        help="budget(s) candidates are pruned to (default: the smallest of --flops); several: mean fitness",
+    )
     legr.add_argument("--fitness-batches", type=int, default=None)
     legr.add_argument("--finetune-epochs", type=int, default=None)
     legr.add_argument("--dirpath", default=None, help="where LeGR writes its state and pruned models")
@@ -634,7 +641,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[dict]:
         epochs=None,
         weights=args.weights,
     )
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    devices = args.devices or (1 if args.flops else "auto")  # LeGRCallback refuses more than one process
+    devices = int(devices) if str(devices).isdigit() else devices
     trainer_kwargs = dict(accelerator=args.accelerator, devices=devices)
 
     if args.test_only:

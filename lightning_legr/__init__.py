@@ -1,8 +1,11 @@
 """lightning-legr: LeGR filter pruning (Chin et al., CVPR 2020) for PyTorch and Lightning.
 
 The algorithm core (structure, criteria, selection, surgery, evolution) needs only torch,
-torch-pruning, numpy and ptflops; the Lightning parts are imported on first use.
+torch-pruning, numpy and ptflops; the Lightning parts are imported on first use, or at once when
+Lightning is already imported.
 """
+
+import sys as _sys
 
 from lightning_legr.criteria import BNScale, Criterion, L1Norm, SquaredL2Norm
 from lightning_legr.evolution import RegularizedEvolution
@@ -39,6 +42,12 @@ __all__ = [
     "restore",
     *_LIGHTNING,
 ]
+
+
+if "lightning.pytorch" in _sys.modules:
+    # LightningCLI finds `--trainer.callbacks+=LeGRCallback` by its short name only among imported
+    # Callback subclasses; a Lightning user's `import lightning_legr` should be enough for that.
+    import lightning_legr.callback  # noqa: E402, F401
 
 
 def __getattr__(name):

@@ -11,12 +11,14 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
 from lightning_legr._io import read_json, write_json
 from lightning_legr.checkpoint import save_module_checkpoint
-from lightning_legr.companion import DataSources, Evaluator, batch_inputs, finetune, missing_metric_message
+from lightning_legr.companion import (
+    CANDIDATE_STREAM, DataSources, Evaluator, batch_inputs, derive_seed, finetune, missing_metric_message, seeded,
+)
 from lightning_legr.criteria import CRITERIA
 from lightning_legr.evolution import RegularizedEvolution
 from lightning_legr.flops import count_flops, count_params
@@ -32,6 +34,7 @@ RUN_FILE = "run.json"
 BASE_CKPT = "base.ckpt"
 STATE_FILE = "search_state.json"
 TRANSFORM_FILE = "transform.json"
+PRUNED_CKPT = "pruned.ckpt"
 
 
 class LeGRCallback(Callback):
@@ -43,16 +46,22 @@ class LeGRCallback(Callback):
        each candidate is the module pruned to ``search_flops``, optionally trained ``tau`` steps on
        the module's training data, and scored by ``monitor`` from the module's own
        ``validation_step`` on ``fitness_batches`` validation batches;
-    2. for every budget in ``flops``, prunes a copy with the best transform and fine-tunes it for
-       ``finetune_epochs`` in a fresh Trainer (same accelerator, device, precision and loggers),
-       keeping the best checkpoint by ``monitor`` in ``dirpath/flops_<budget>/best.ckpt``;
+    2. for every budget in ``flops``, prunes a copy with the best transform, saves it as
+       ``dirpath/flops_<budget>/pruned.ckpt`` and fine-tunes it for ``finetune_epochs`` in a fresh
+       Trainer (same accelerator, device, precision and loggers), keeping the best checkpoint by
+       ``monitor`` in ``dirpath/flops_<budget>/best.ckpt``. If the pruned model scores better than
+       every fine-tuned epoch, a warning says so and its row of the results points to ``pruned.ckpt``
+       (``metric_after`` stays the fine-tuned score);
     3. prints a results table and writes ``results.csv``, ``results.json``, ``metric_vs_flops.png``
        and ``widths_<budget>.png`` in ``dirpath``.
 
     Everything is resumable: the search state is saved every generation, finished budgets are kept,
     and an interrupted fine-tune resumes from its ``last.ckpt``. Run the same command again with the
     same ``dirpath``: the pretrained model is taken from ``dirpath/base.ckpt`` and pretraining is
-    skipped. A ``dirpath`` holding another run's settings is refused.
+    skipped. A ``dirpath`` holding another run's settings (or another LightningModule class) is refused.
+    A resumed search scores every candidate as the uninterrupted one would: the BatchNorm batches
+    and each candidate's ``tau`` batches are drawn under seeds derived from ``seed``, in a forked
+    random state that leaves your global one as it was.
 
     Args:
         flops: FLOP budgets, fractions of the original FLOPs in (0, 1], e.g. ``[0.3, 0.5, 0.7]``.
@@ -66,21 +75,23 @@ class LeGRCallback(Callback):
         tau_lr: learning rate of the plain SGD used for those steps; ``None`` uses the module's own
             ``configure_optimizers``.
         safeguard: share of every channel group always kept (at least one channel).
-        criterion: base filter importance: ``"l2"`` (squared L2 norm, the paper's), ``"l1"`` or ``"bn"``.
+        criterion: base filter importance: ``"l2"`` (squared L2 norm, the paper's), ``"l1"`` or ``"bn"``
+            (BatchNorm ``|gamma|``); ``"random"`` and ``"uniform"`` are baselines for comparisons.
         round_to: keep every group's width a multiple of this (1: no rounding).
         search_flops: the budget candidates are pruned to; default the smallest of ``flops``, as in
             the paper. A list scores each candidate by its mean fitness over those budgets, which
             keeps the ranking good at all of them when the smallest one leaves every candidate near
             chance (with ``tau=0`` and an aggressive budget, see docs/benchmarks.md).
         fitness_batches: validation batches scoring one candidate (default: all).
-        bn_batches: training batches (always the same ones) that re-estimate the BatchNorm statistics
-            of every candidate and every pruned model before it is scored or fine-tuned; removing
-            channels makes the old statistics wrong. 0 turns this off (as in the paper).
-        finetune_epochs: epochs of fine-tuning per budget (0: keep the pruned model as it is).
+        bn_batches: training batches (the same ones in every run with this ``seed``) that re-estimate
+            the BatchNorm statistics of every candidate and every pruned model before it is scored or
+            fine-tuned; removing channels makes the old statistics wrong. 0 turns this off (as in the paper).
+        finetune_epochs: epochs of fine-tuning per budget (0: keep the pruned model as it is,
+            ``pruned.ckpt``).
         monitor: metric logged by the module's validation that scores candidates and picks the best
             fine-tuning checkpoint.
         mode: ``"min"`` if lower ``monitor`` is better (a loss), ``"max"`` for accuracy-like metrics.
-        seed: seed of the search.
+        seed: seed of the search (candidates, and the training batches that score them).
         dirpath: where everything is written; default ``<trainer.default_root_dir>/legr``.
         transform: a saved ``transform.json``: skip the search and prune with it.
         ignored_layers: names of modules (in the LightningModule) whose channels are never pruned.
@@ -90,7 +101,8 @@ class LeGRCallback(Callback):
     Raises:
         ValueError: at construction, for invalid settings; when fit starts (before any training
             step), if there is no validation data, ``monitor`` is not logged, the model cannot be
-            pruned or a budget is unreachable, or ``dirpath`` holds another run.
+            pruned or a budget is unreachable, or ``dirpath`` holds another run (other settings,
+            another LightningModule class, or a ``base.ckpt`` that does not load into the module).
 
     Example::
 
@@ -159,12 +171,14 @@ class LeGRCallback(Callback):
         self.transform: Optional[Transform] = None
         self.results: List[Dict[str, Any]] = []
         self._example: Any = None
+        self._module_class: Optional[str] = None
 
     # ------------------------------------------------------------------ settings
     def _settings(self) -> Dict[str, Any]:
         """What makes two runs the same run: a dirpath is only reused with these unchanged."""
         return {
-            "flops": self.flops,
+            "module": self._module_class,
+            "flops": sorted(self.flops),
             "search_flops": self.search_flops if len(self.search_flops) > 1 else self.search_flops[0],
             "generations": self.generations,
             "population": self.population,
@@ -196,10 +210,34 @@ class LeGRCallback(Callback):
             return
         if self.dirpath is None:
             self.dirpath = os.path.join(trainer.default_root_dir, "legr")
+        self._module_class = f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"
         self._check_run_file()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Check everything that can fail before the first training step, and resume a cut-off run."""
+        # the checks draw batches: leave the pretraining the random state it would have without LeGR
+        with seeded(self.seed, trainer.strategy.root_device):
+            self._check_and_resume(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted:
+            return
+        with _sigterm_as_interrupt():
+            self._compress(trainer, pl_module)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "results": self.results,
+            "transform": None if self.transform is None else self.transform.to_dict(),
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        self.results = list(state_dict.get("results", []))
+        if state_dict.get("transform"):
+            self.transform = Transform.from_dict(state_dict["transform"])
+
+    # ------------------------------------------------------------------ checks
+    def _check_and_resume(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1:
             raise ValueError(
                 f"LeGRCallback runs its search in one process, but this Trainer has {trainer.world_size}."
@@ -232,29 +270,13 @@ class LeGRCallback(Callback):
         if resumed:
             rank_zero_info(f"LeGR: resuming the run in {self.dirpath}; pretrained weights from {BASE_CKPT}.")
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.interrupted:
-            return
-        with _sigterm_as_interrupt():
-            self._compress(trainer, pl_module)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "results": self.results,
-            "transform": None if self.transform is None else self.transform.to_dict(),
-        }
-
-    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        self.results = list(state_dict.get("results", []))
-        if state_dict.get("transform"):
-            self.transform = Transform.from_dict(state_dict["transform"])
-
-    # ------------------------------------------------------------------ checks
     def _check_run_file(self) -> None:
         path = self._path(RUN_FILE)
         if not os.path.exists(path):
             return
         saved, mine = read_json(path), self._settings()
+        if isinstance(saved.get("flops"), list):
+            saved["flops"] = sorted(saved["flops"])  # written unsorted by earlier versions; order does not matter
         differs = [k for k in mine if saved.get(k) != mine[k]]
         if differs:
             details = ", ".join(f"{k}: {saved.get(k)!r} there, {mine[k]!r} here" for k in differs[:4])
@@ -269,7 +291,14 @@ class LeGRCallback(Callback):
         if not os.path.exists(base):
             return False
         checkpoint = torch.load(base, map_location=pl_module.device, weights_only=False)
-        pl_module.load_state_dict(checkpoint["state_dict"])
+        try:
+            pl_module.load_state_dict(checkpoint["state_dict"])
+        except (RuntimeError, KeyError) as err:
+            reason = str(err).strip().splitlines()[0]
+            raise ValueError(
+                f"`dirpath` {self.dirpath} holds the {BASE_CKPT} of another model: its weights do not load into"
+                f" this {type(pl_module).__name__} ({reason}). Use another dirpath, or delete it to start over."
+            ) from err
         trainer.fit_loop.max_epochs = trainer.fit_loop.epoch_progress.current.processed  # nothing left to train
         return True
 
@@ -296,7 +325,7 @@ class LeGRCallback(Callback):
         data = DataSources(trainer)
         pruner = self._pruner(pl_module)
         self.transform = self._learn(trainer, pruner, data)
-        evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches)
+        evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed)
         base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
         self.results = [self._measure(1.0, pl_module, base_metric, None, self._path(BASE_CKPT))]
         done = {r["budget"]: r for r in self._saved_results()}
@@ -316,9 +345,19 @@ class LeGRCallback(Callback):
             transform.check(pruner.structure.signature(), pruner.criterion.name)
             return transform
         sign = 1.0 if self.mode == "min" else -1.0
-        score = Evaluator(trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches)
+        score = Evaluator(
+            trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches, self.seed
+        )
+        device = trainer.strategy.root_device
+
+        def fitness(module: pl.LightningModule) -> float:
+            # the tau steps' batches come from the global RNG: seeded by the generation, a resumed
+            # search gives every candidate the batches the uninterrupted one would have
+            with seeded(derive_seed(self.seed, CANDIDATE_STREAM, search.evolution.generation), device):
+                return sign * score(module)
+
         search = LeGRSearch(
-            pruner, lambda module: sign * score(module), self.search_flops, state_path=self._path(STATE_FILE),
+            pruner, fitness, self.search_flops, state_path=self._path(STATE_FILE),
             generations=self.generations, population=self.population, sample_size=self.sample_size,
             mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
         )
@@ -350,17 +389,29 @@ class LeGRCallback(Callback):
         module = pruner.prune(budget, self.transform)
         evaluator.recalibrate(module)
         before = evaluator(copy.deepcopy(module), recalibrate=False)
+        pruned = save_module_checkpoint(module, os.path.join(directory, PRUNED_CKPT))  # before fine-tuning changes it
+        path, after = pruned, None
         if self.finetune_epochs > 0:
             last = os.path.join(directory, "last.ckpt")
             path, after = finetune(
                 module, trainer, data, self.finetune_epochs, directory, self.monitor, self.mode,
                 prefix=f"flops_{_name(budget)}", resume_from=last if os.path.exists(last) else None,
             )
-        else:
-            path, after = save_module_checkpoint(module, os.path.join(directory, "pruned.ckpt")), None
+            if _better(before, after, self.mode):
+                self._warn_finetuning_did_not_help(budget, before, after, pruned)
+                path = pruned
         row = self._measure(budget, module, before, after, path)
         self._save_result(row)
         return row
+
+    def _warn_finetuning_did_not_help(self, budget: float, before: float, after: Optional[float], pruned: str) -> None:
+        tuned = "no value" if after is None else f"{after:.4f}"
+        rank_zero_warn(
+            f"LeGR: fine-tuning at {budget:.0%} of the FLOPs did not improve on the pruned model ({self.monitor}"
+            f" {before:.4f} pruned, {tuned} fine-tuned, the best of finetune_epochs={self.finetune_epochs}), so the"
+            f" results point to {os.path.abspath(pruned)}. Lower the learning rate in configure_optimizers, or"
+            " raise finetune_epochs."
+        )
 
     def _measure(self, budget: float, module: pl.LightningModule, before: float, after: Optional[float], path: str):
         flops = count_flops(module, self._example)
@@ -399,6 +450,15 @@ class LeGRCallback(Callback):
                     [g.name for g in groups], [g.width for g in groups], kept,
                     self._path(f"widths_{_name(budget)}.png"), f"channels kept at {budget:.0%} of the FLOPs",
                 )
+
+
+def _better(value: float, than: Optional[float], mode: str) -> bool:
+    """Whether ``value`` is a better ``monitor`` than ``than``; any finite value beats a missing one."""
+    if not math.isfinite(value):
+        return False
+    if than is None or not math.isfinite(than):
+        return True
+    return value < than if mode == "min" else value > than
 
 
 def _name(budget: float) -> str:

@@ -26,13 +26,20 @@ def load_pruned(
     original widths. This builds it the same way (hyperparameters from the checkpoint, ``kwargs``
     override them), replays the pruning record the checkpoint carries (with ``customized_pruners``
     for custom layers, as when pruning), then loads the weights.
-    The result gives the same outputs as the module that was saved, and ``Trainer.fit(module,
-    ckpt_path=path)`` resumes training from the checkpoint.
+    The result gives the same outputs as the module that was saved.
+
+    To train it further: ``best.ckpt`` and ``last.ckpt`` are full Trainer checkpoints, so
+    ``trainer.fit(model, ckpt_path=path)`` resumes the fine-tuning (optimizer state, epoch count).
+    ``pruned.ckpt`` (like ``base.ckpt``, and any file written by :func:`save_module_checkpoint`) holds
+    weights and hyperparameters only: call ``trainer.fit(model)`` without ``ckpt_path``.
 
     Example::
 
         model = lightning_legr.load_pruned("legr/flops_0.50/best.ckpt", MyModule)
         trainer.fit(model, datamodule=dm, ckpt_path="legr/flops_0.50/best.ckpt")  # go on training
+
+        model = lightning_legr.load_pruned("legr/flops_0.50/pruned.ckpt", MyModule)
+        trainer.fit(model, datamodule=dm)  # weights only: a fresh optimizer
 
     Raises:
         ValueError: if the checkpoint holds no pruning record (it is not a pruned model).
@@ -77,7 +84,8 @@ def _replay_on_load(cls: type, record: Dict[str, Any], customized_pruners: Optio
 def save_module_checkpoint(module: pl.LightningModule, path: PathLike, extra: Optional[Dict[str, Any]] = None) -> str:
     """Write a minimal Lightning checkpoint of ``module`` (weights and hyperparameters), atomically.
 
-    It loads with ``cls.load_from_checkpoint`` (or :func:`load_pruned` when pruned).
+    It loads with ``cls.load_from_checkpoint`` (or :func:`load_pruned` when pruned). It has no
+    optimizer state: train from it with ``trainer.fit(model)``, not with ``ckpt_path``.
     """
     checkpoint = {
         "state_dict": module.state_dict(),

@@ -8,7 +8,8 @@
 ``--legr.*`` are the arguments of :class:`~lightning_legr.LeGRCallback`, which the command adds to
 the Trainer. In your own LightningCLI script, add it with
 ``--trainer.callbacks+=lightning_legr.LeGRCallback --trainer.callbacks.flops=[0.3,0.5]``; the short
-name ``LeGRCallback`` works once the class is imported (``from lightning_legr import LeGRCallback``).
+name ``LeGRCallback`` works once the class is imported: ``import lightning_legr`` after Lightning's
+imports does it.
 """
 
 import os
@@ -39,7 +40,8 @@ class LeGRTrainer(pl.Trainer):
         Args:
             model: the LightningModule, with the trained weights or with ``ckpt_path``.
             datamodule: the data (validation is needed; training data for fine-tuning).
-            ckpt_path: a checkpoint whose ``state_dict`` holds the trained weights (e.g. a run's ``base.ckpt``).
+            ckpt_path: a checkpoint whose ``state_dict`` holds the trained weights (e.g. a run's ``base.ckpt``);
+                nothing else is read from it.
         """
         callbacks = [c for c in self.callbacks if isinstance(c, LeGRCallback)]
         if not callbacks or callbacks[0].transform_path is None:
@@ -70,6 +72,14 @@ class LeGRCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LeGRCallback, "legr")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the hyperparameters of `--ckpt_path` into `--model`, which in subclass mode
+        # fails for any checkpoint without a class path (one saved from Python, or by a plain
+        # LightningCLI). `prune` takes only the weights from it (LeGRTrainer.prune); --model builds the module.
+        if self.config.get("subcommand") == "prune":
+            return
+        super()._parse_ckpt_path()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -14,14 +14,18 @@ import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_legr.calibration import recalibrate_batchnorm
 
-__all__ = ["DataSources", "trainer_kwargs", "Evaluator", "finetune", "quiet", "batch_inputs"]
+__all__ = ["DataSources", "trainer_kwargs", "Evaluator", "finetune", "quiet", "batch_inputs", "derive_seed", "seeded"]
 
 _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")
+# derive_seed(seed, stream, ...): each use of the search's seed draws from its own stream
+BN_BATCHES_STREAM = 0  # the training batches that recalibrate BatchNorm
+CANDIDATE_STREAM = 1  # with the generation: the batches of one candidate's tau steps
 
 
 @contextlib.contextmanager
@@ -37,6 +41,28 @@ def quiet() -> Iterator[None]:
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A seed for one use of ``seed``, named by ``keys``: independent of the seeds of other uses."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run the block with torch's global RNG seeded to ``seed``; the caller's RNG state is restored after.
+
+    A shuffling DataLoader takes its order from the global RNG, whose state differs from one process
+    to the next (a resumed run, other code before it). Seeding it makes the batches a candidate sees a
+    function of the search alone.
+    """
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
 
 
 def trainer_kwargs(outer: pl.Trainer) -> Dict[str, Any]:
@@ -99,7 +125,9 @@ class Evaluator:
         tau: training steps before validation.
         tau_lr: learning rate of the plain SGD used for those steps (momentum 0.9, weight decay 5e-4,
             as in the paper's code); None uses the module's own ``configure_optimizers``.
-        bn_batches: training batches (always the same ones) that re-estimate BatchNorm statistics.
+        bn_batches: training batches that re-estimate BatchNorm statistics: the same ones in every
+            process, drawn from the training loader under a seed derived from ``seed``.
+        seed: the search's seed.
     """
 
     def __init__(
@@ -111,6 +139,7 @@ class Evaluator:
         tau: int = 0,
         tau_lr: Optional[float] = 1e-3,
         bn_batches: int = 0,
+        seed: int = 0,
     ) -> None:
         self.kwargs = trainer_kwargs(outer)
         self.device = outer.strategy.root_device
@@ -120,16 +149,18 @@ class Evaluator:
         self.tau = tau
         self.tau_lr = tau_lr
         self.bn_batches = bn_batches
+        self.seed = seed
         self._bn_inputs: Optional[List[torch.Tensor]] = None
         self.root_dir = outer.default_root_dir
 
     def recalibrate(self, module: pl.LightningModule) -> None:
-        """Re-estimate the module's BatchNorm statistics on the first ``bn_batches`` training batches."""
+        """Re-estimate the module's BatchNorm statistics on ``bn_batches`` training batches."""
         if self.bn_batches == 0:
             return
         if self._bn_inputs is None:
-            batches = itertools.islice(self.data.loader("train"), self.bn_batches)
-            self._bn_inputs = [batch_inputs(b) for b in batches]
+            with seeded(derive_seed(self.seed, BN_BATCHES_STREAM), self.device):
+                batches = itertools.islice(self.data.loader("train"), self.bn_batches)
+                self._bn_inputs = [batch_inputs(b) for b in batches]
         module.to(self.device)
         recalibrate_batchnorm(module, (x.to(self.device) for x in self._bn_inputs))
 
@@ -211,7 +242,9 @@ def finetune(
     )
     _forget_metric_names(module)
     datamodule_trainer = data.datamodule.trainer if data.datamodule is not None else None
-    with _prefixed(outer.loggers, prefix):
+    with _prefixed(outer.loggers, prefix), warnings.catch_warnings():
+        # the folder is ours: it already holds pruned.ckpt (and last.ckpt when resuming)
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
         trainer.fit(module, ckpt_path=resume_from, **data.fit_kwargs())
     if data.datamodule is not None:
         data.datamodule.trainer = datamodule_trainer

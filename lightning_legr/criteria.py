@@ -93,7 +93,8 @@ class BNScale(Criterion):
     def member_scores(self, member):
         if member.module.weight is None:
             return None
-        return member.module.weight.index_select(0, torch.as_tensor(member.positions)).abs()
+        weight = member.module.weight
+        return weight.index_select(0, torch.as_tensor(member.positions, device=weight.device)).abs()
 
 
 class RandomScores(Criterion):

@@ -25,6 +25,8 @@ Fitness = Callable[[nn.Module], float]
 
 def check_budgets(flops: Union[float, Sequence[float]], name: str = "flops") -> list:
     """Validate a budget or a list of budgets: numbers in (0, 1], at least one, no duplicates."""
+    if isinstance(flops, np.ndarray) and flops.ndim == 0:
+        flops = flops.item()
     iterable = hasattr(flops, "__iter__") and not isinstance(flops, (str, numbers.Real))
     budgets = list(flops) if iterable else [flops]
     if not budgets:
@@ -82,7 +84,7 @@ class LeGRSearch:
         self,
         pruner: LeGRPruner,
         fitness: Fitness,
-        flops: float,
+        flops: Union[float, Sequence[float]],
         state_path: Optional[PathLike] = None,
         **evolution: Any,
     ) -> None:

@@ -22,6 +22,8 @@ def _sum_columns(incidence: np.ndarray, column_unit: np.ndarray, units: int) -> 
 
 def check_budget(flops: float, name: str = "flops") -> float:
     """Validate one budget, a fraction of the original FLOPs in (0, 1]."""
+    if isinstance(flops, np.ndarray) and flops.ndim == 0:
+        flops = flops.item()
     if isinstance(flops, bool) or not isinstance(flops, numbers.Real) or not math.isfinite(flops):
         raise ValueError(f"`{name}` must be a number in (0, 1] (a fraction of the original FLOPs), got {flops!r}")
     if not 0 < flops <= 1:

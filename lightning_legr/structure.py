@@ -274,7 +274,19 @@ def _mark_outputs(outputs: Any) -> list:
     """End every output in an op of its own. torch-pruning marks the model's outputs only when they
     come from a non-module op; a conv whose output *is* the model's output would go unmarked and
     have its channels (the model's output channels) pruned."""
-    return [o.clone() for o in tp.utils.flatten_as_list(outputs)]
+    return [o.clone() for o in _tensors(outputs)]
+
+
+def _tensors(outputs: Any) -> List[torch.Tensor]:
+    """The tensors of a model's output, in order; other values (None, ints, strings) are skipped
+    (torch-pruning's own ``flatten_as_list`` fails on them)."""
+    if isinstance(outputs, torch.Tensor):
+        return [outputs]
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if isinstance(outputs, (tuple, list)):
+        return [t for o in outputs for t in _tensors(o)]
+    return []
 
 
 class _IdentityList(list):

@@ -9,9 +9,9 @@ from torch.nn import functional as F
 from lightning_legr.demo import DigitsClassifier, DigitsDataModule
 
 
-def tiny_module(**kwargs) -> DigitsClassifier:
+def tiny_module(cls=None, **kwargs) -> DigitsClassifier:
     torch.manual_seed(0)
-    return DigitsClassifier(width=kwargs.pop("width", 8), **kwargs)
+    return (cls or DigitsClassifier)(width=kwargs.pop("width", 8), **kwargs)
 
 
 def tiny_data() -> DigitsDataModule:

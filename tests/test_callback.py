@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import shutil
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 import lightning_legr.search as search_module
+from lightning.pytorch.callbacks import Callback
 from lightning_legr import LeGRCallback, Transform, count_flops, load_pruned
+from lightning_legr.companion import seeded
 from lightning_legr.demo import DigitsClassifier, DigitsDataModule
 from tests.lightning_helpers import SMALL_SEARCH, CountingClassifier, LinearOnly, tiny_data, tiny_module, trainer
 
@@ -29,7 +32,8 @@ def test_fit_search_two_budgets_and_reload(tmp_path):
     base = callback.results[0]
     for row in callback.results[1:]:
         assert row["flops_ratio"] <= row["budget"] + 1e-9
-        assert abs(row["flops_ratio"] - row["budget"]) / row["budget"] < 0.03  # an 8-channel net is coarse
+        # an 8-channel net is coarse: one channel of an early group is up to 12% of its FLOPs
+        assert abs(row["flops_ratio"] - row["budget"]) / row["budget"] < 0.1
         assert row["params"] < base["params"]
         assert row["metric_after"] is not None and row["metric_before"] is not None
         assert row["checkpoint"].endswith(os.path.join(f"flops_{row['budget']:.2f}", "best.ckpt"))
@@ -84,26 +88,32 @@ def trainer_log(tmp_path):
     return os.path.join(str(tmp_path), "logs", "version_0", "metrics.csv")
 
 
+def kill_search_at_step(monkeypatch, n):
+    """Make the search's n-th step raise RuntimeError("killed"); returns the step counter to reset."""
+    calls = {"n": 0}
+    real_step = search_module.LeGRSearch.step
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("killed")
+        return real_step(self)
+
+    monkeypatch.setattr(search_module.LeGRSearch, "step", dying_step)
+    return calls
+
+
 def test_interrupted_search_resumes_and_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     settings = dict(SMALL_SEARCH, generations=8, population=4, finetune_epochs=0)
     reference = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "ref"), **settings)
-    trainer(tmp_path / "ref", [reference]).fit(tiny_module(), datamodule=tiny_data())
+    trainer(tmp_path / "ref", [reference]).fit(tiny_module(CountingClassifier), datamodule=tiny_data())
 
     # A second run of the same command: the pretraining finished (base.ckpt), then the search died.
     run = tmp_path / "run"
     run.mkdir()
     for name in ("run.json", "base.ckpt"):
         shutil.copy(tmp_path / "ref" / name, run / name)
-    calls = {"n": 0}
-    real_step = search_module.LeGRSearch.step
-
-    def dying_step(self):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("killed")
-        return real_step(self)
-
-    monkeypatch.setattr(search_module.LeGRSearch, "step", dying_step)
+    calls = kill_search_at_step(monkeypatch, 4)
     CountingClassifier.steps = 0
     with pytest.raises(RuntimeError, match="killed"):
         trainer(run, [LeGRCallback(flops=[0.5], dirpath=str(run), **settings)]).fit(
@@ -125,7 +135,7 @@ def test_finished_budgets_are_kept_on_rerun(tmp_path):
     first = LeGRCallback(flops=[0.5, 0.8], dirpath=str(tmp_path / "legr"), **settings)
     trainer(tmp_path, [first]).fit(tiny_module(), datamodule=tiny_data())
     stamp = os.path.getmtime(first.results[1]["checkpoint"])
-    again = LeGRCallback(flops=[0.5, 0.8], dirpath=str(tmp_path / "legr"), **settings)
+    again = LeGRCallback(flops=[0.8, 0.5], dirpath=str(tmp_path / "legr"), **settings)  # the order does not matter
     trainer(tmp_path, [again]).fit(tiny_module(), datamodule=tiny_data())
     assert os.path.getmtime(again.results[1]["checkpoint"]) == stamp
     assert [r["flops"] for r in again.results] == [r["flops"] for r in first.results]
@@ -191,6 +201,22 @@ def test_dirpath_of_another_run(tmp_path):
               datamodule=tiny_data())
 
 
+def test_dirpath_of_another_model(tmp_path):
+    dirpath = str(tmp_path / "legr")
+    settings = dict(SMALL_SEARCH, generations=2, population=2, sample_size=1, finetune_epochs=0)
+    trainer(tmp_path, [LeGRCallback(flops=[0.5], dirpath=dirpath, **settings)], max_epochs=0).fit(
+        tiny_module(), datamodule=tiny_data()
+    )
+    # another LightningModule class, even of the same architecture, is another run
+    fit_fails(tmp_path, LeGRCallback(flops=[0.5], dirpath=dirpath, **settings), datamodule=tiny_data(),
+              match=r"holds another LeGR run \(module: 'lightning_legr.demo.DigitsClassifier' there, "
+                    r"'tests.lightning_helpers.CountingClassifier' here")
+    # the same class with other widths cannot take the saved pretrained weights
+    fit_fails(tmp_path, LeGRCallback(flops=[0.5], dirpath=dirpath, **settings), module=tiny_module(width=16),
+              match=r"holds the base.ckpt of another model: its weights do not load into this DigitsClassifier"
+                    r" \(Error\(s\) in loading state_dict", datamodule=tiny_data())
+
+
 def test_transform_of_another_model(tmp_path):
     path = tmp_path / "t.json"
     Transform.identity([("conv1", 16), ("layer1.0.conv1", 16)]).save(path)
@@ -241,7 +267,7 @@ def test_more_bad_settings(kwargs, message):
 def test_resumed_run_does_not_train_even_with_min_epochs(tmp_path):
     settings = dict(SMALL_SEARCH, finetune_epochs=0)
     trainer(tmp_path, [LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **settings)]).fit(
-        tiny_module(), datamodule=tiny_data()
+        tiny_module(CountingClassifier), datamodule=tiny_data()
     )
     CountingClassifier.steps = 0
     again = trainer(tmp_path, [LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **settings)], min_epochs=2)
@@ -262,3 +288,136 @@ def test_bn_recalibration_improves_the_pruned_score(tmp_path):
         trainer(tmp_path / f"bn{bn_batches}", [callback], max_epochs=0).fit(module, datamodule=tiny_data())
         scores[bn_batches] = callback.results[1]["metric_before"]
     assert scores[4] < scores[0]
+
+
+# ---------------------------------------------------------------------- reproducible scoring
+@pytest.mark.parametrize(
+    "scoring", [dict(bn_batches=4), dict(bn_batches=2, tau=2, fitness_batches=1)], ids=["bn_batches", "tau"]
+)
+def test_resumed_search_scores_candidates_as_an_uninterrupted_one(tmp_path, monkeypatch, scoring):
+    """The BatchNorm batches and the tau batches come from shuffled training data: they must not depend on
+    the global random state, which differs in a resumed process."""
+    settings = dict(SMALL_SEARCH, generations=6, population=3, finetune_epochs=0, **scoring)
+
+    def fit(name, global_seed):
+        module = tiny_module(CountingClassifier)
+        torch.manual_seed(global_seed)  # another global random state for every run, as in another process
+        CountingClassifier.steps = 0
+        callback = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / name), **settings)
+        trainer(tmp_path / name, [callback], max_epochs=0).fit(module, datamodule=tiny_data())
+        return json.loads((tmp_path / name / "search_state.json").read_text())["evolution"]["history"]
+
+    reference = fit("ref", 1)
+    assert CountingClassifier.steps == settings["generations"] * settings.get("tau", 0)  # tau steps per candidate
+
+    calls = kill_search_at_step(monkeypatch, 4)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit("run", 2)
+    calls["n"] = -100
+    resumed = fit("run", 3)
+    assert calls["n"] == -100 + 3  # generations 3..5 ran in the resumed process
+    assert resumed == reference
+
+
+def test_seeded_block_leaves_the_global_random_state_alone():
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    with seeded(123, torch.device("cpu")):
+        inside = torch.rand(3)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(123)
+    assert torch.equal(inside, torch.rand(3))
+
+
+class StopAtTrainStart(Callback):
+    """Records the global random state the pretraining starts with, then stops the fit."""
+
+    def on_train_start(self, trainer, pl_module):
+        self.state = torch.get_rng_state()
+        raise RuntimeError("stop")
+
+
+def test_checks_at_fit_start_leave_the_pretraining_random_state_alone(tmp_path):
+    states = []
+    for callbacks in ([], [LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"))]):
+        probe = StopAtTrainStart()
+        module = tiny_module()
+        with pytest.raises(RuntimeError, match="stop"):
+            trainer(tmp_path, [*callbacks, probe], logger=False).fit(module, datamodule=tiny_data())
+        states.append(probe.state)
+    assert torch.equal(*states)
+
+
+# ---------------------------------------------------------------------- already trained models
+def test_already_trained_model_with_max_epochs_0(tmp_path):
+    module = tiny_module(CountingClassifier)
+    trainer(tmp_path / "pre", [], max_epochs=1, logger=False).fit(module, datamodule=tiny_data())
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    CountingClassifier.steps = 0
+    callback = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **dict(SMALL_SEARCH, finetune_epochs=0))
+    trainer(tmp_path, [callback], max_epochs=0).fit(module, datamodule=tiny_data())
+    assert CountingClassifier.steps == 0
+    assert [r["budget"] for r in callback.results] == [1.0, 0.5]
+    base = torch.load(tmp_path / "legr" / "base.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(base[k], v) for k, v in weights.items())
+
+
+def test_fit_resumed_from_a_checkpoint_with_no_epochs_left(tmp_path):
+    pretraining = trainer(tmp_path / "pre", [], max_epochs=1, logger=False, enable_checkpointing=False)
+    pretraining.fit(tiny_module(), datamodule=tiny_data())
+    path = str(tmp_path / "pretrained.ckpt")
+    pretraining.save_checkpoint(path)
+
+    CountingClassifier.steps = 0
+    callback = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **dict(SMALL_SEARCH, finetune_epochs=0))
+    trainer(tmp_path, [callback], max_epochs=1).fit(tiny_module(CountingClassifier), datamodule=tiny_data(), ckpt_path=path)
+    assert CountingClassifier.steps == 0
+    assert [r["budget"] for r in callback.results] == [1.0, 0.5]
+    base = torch.load(tmp_path / "legr" / "base.ckpt", weights_only=False)["state_dict"]
+    pretrained = torch.load(path, weights_only=False)["state_dict"]
+    assert all(torch.equal(base[k], v) for k, v in pretrained.items())
+
+
+# ---------------------------------------------------------------------- results
+def test_finetuning_that_makes_the_model_worse_keeps_the_pruned_one(tmp_path):
+    module = tiny_module()
+    trainer(tmp_path / "pre", [], max_epochs=3, logger=False).fit(module, datamodule=tiny_data())
+    module.hparams.lr = 5.0  # fine-tuning diverges
+    callback = LeGRCallback(flops=[0.7], dirpath=str(tmp_path / "legr"), **SMALL_SEARCH)
+    with pytest.warns(UserWarning, match="did not improve on the pruned model .* Lower the learning rate"):
+        trainer(tmp_path, [callback], max_epochs=0).fit(module, datamodule=tiny_data())
+    row = callback.results[1]
+    assert row["metric_after"] > row["metric_before"]  # the table still shows what fine-tuning gave
+    assert row["checkpoint"] == str(tmp_path / "legr" / "flops_0.70" / "pruned.ckpt")
+    assert (tmp_path / "legr" / "flops_0.70" / "best.ckpt").exists()
+    assert json.loads((tmp_path / "legr" / "results.json").read_text())["results"][1]["checkpoint"] == row["checkpoint"]
+    pruned = load_pruned(row["checkpoint"], DigitsClassifier)
+    assert count_flops(pruned, torch.zeros(1, 1, 8, 8)) == row["flops"]
+
+
+def test_pruned_starting_point_is_saved_when_finetuning_helps(tmp_path):
+    callback = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **dict(SMALL_SEARCH, finetune_epochs=2))
+    trainer(tmp_path, [callback], max_epochs=0).fit(tiny_module(), datamodule=tiny_data())  # untrained: tuning helps
+    row = callback.results[1]
+    assert row["metric_after"] < row["metric_before"]
+    assert row["checkpoint"].endswith(os.path.join("flops_0.50", "best.ckpt"))
+    assert (tmp_path / "legr" / "flops_0.50" / "pruned.ckpt").exists()
+
+
+def test_results_table_is_printed_and_latency_measured(tmp_path, caplog):
+    callback = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / "legr"), **dict(SMALL_SEARCH, latency=True))
+    with caplog.at_level(logging.INFO):
+        trainer(tmp_path, [callback]).fit(tiny_module(), datamodule=tiny_data())
+    output = caplog.text
+    assert "LeGR results" in output
+    header, rule, base, pruned = output[output.index("LeGR results"):].splitlines()[1:5]
+    for column in ("budget", "MFLOPs", "FLOPs", "params (K)", "val_loss pruned", "val_loss tuned", "ms @1", "ms @64",
+                   "checkpoint"):
+        assert column in header
+    assert base.split()[:3] == ["1.00", f"{callback.results[0]['flops'] / 1e6:.2f}", "100.0%"]
+    assert pruned.split()[0] == "0.50" and pruned.split()[-1] == callback.results[1]["checkpoint"]
+    assert f"{callback.results[1]['metric_after']:.4f}" in pruned.split()
+
+    rows = json.loads((tmp_path / "legr" / "results.json").read_text())["results"]
+    assert all(r["latency_b1_ms"] > 0 and r["latency_b64_ms"] > 0 for r in rows)
+    assert all(r["latency_b1_ms"] and r["latency_b64_ms"] for r in read_csv(tmp_path / "legr" / "results.csv"))

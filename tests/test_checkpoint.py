@@ -63,3 +63,15 @@ def test_unpruned_checkpoint_is_refused_with_advice(tmp_path):
     path = save_module_checkpoint(tiny_module(), tmp_path / "plain.ckpt")
     with pytest.raises(ValueError, match="load_from_checkpoint instead"):
         load_pruned(path, DigitsClassifier)
+
+
+def test_weights_only_checkpoint_trains_without_ckpt_path(tmp_path):
+    """pruned.ckpt and base.ckpt hold no optimizer state: as documented, fit them without ckpt_path."""
+    path = save_module_checkpoint(pruned_module(), tmp_path / "pruned.ckpt")
+    with pytest.raises(KeyError, match="contains only the model"):
+        trainer(tmp_path / "a", [], max_epochs=1).fit(
+            load_pruned(path, DigitsClassifier), datamodule=tiny_data(), ckpt_path=path
+        )
+    t = trainer(tmp_path / "b", [], max_epochs=1)
+    t.fit(load_pruned(path, DigitsClassifier), datamodule=tiny_data())
+    assert t.global_step > 0

@@ -297,3 +297,17 @@ def test_cli_test_only(tarxz, tmp_path):
     )
     assert 0 <= results["test_acc"] <= 1
     assert not os.listdir(tmp_path / "cache") or _no_temp_files(tmp_path / "cache")
+
+
+def test_cli_legr_options(tarxz, tmp_path, monkeypatch):
+    """With --flops, one device by default (LeGR runs in one process) and several search budgets."""
+    seen = {}
+    monkeypatch.setattr(cifar10, "run_legr", lambda model, dm, flops, **kwargs: seen.update(flops=flops, **kwargs))
+    common = ["--data", str(tarxz), "--depth", "8", "--cache-dir", str(tmp_path), "--accelerator", "cpu"]
+    cifar10.main(common + ["--flops", "0.5", "0.3", "--search-flops", "0.3", "0.5", "--criterion", "uniform"])
+    assert seen["flops"] == [0.5, 0.3] and seen["search_flops"] == [0.3, 0.5] and seen["criterion"] == "uniform"
+    assert seen["trainer_kwargs"]["devices"] == 1
+    cifar10.main(common + ["--flops", "0.5", "--devices", "2"])
+    assert seen["trainer_kwargs"]["devices"] == 2
+    with pytest.raises(SystemExit):
+        cifar10.main(common + ["--flops", "0.5", "--criterion", "l3"])

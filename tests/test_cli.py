@@ -1,14 +1,20 @@
 """The command line: LightningCLI flags, the lightning-legr command, its prune subcommand and the demo config."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
+import torch
 from lightning.pytorch.cli import LightningCLI
 
 import lightning_legr.callback  # noqa: F401 - makes the short class name known to LightningCLI
-from lightning_legr import LeGRCallback, Transform
+from lightning_legr import LeGRCallback, LeGRPruner, Transform
+from lightning_legr.checkpoint import save_module_checkpoint
 from lightning_legr.cli import DEMO_CONFIG, main
 from lightning_legr.demo import DigitsClassifier, DigitsDataModule
+from tests.lightning_helpers import tiny_data, trainer
 
 FAST = [
     "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.logger=false",
@@ -28,6 +34,75 @@ def test_lightning_cli_callback_flags(tmp_path):
     callbacks = [c for c in cli.trainer.callbacks if isinstance(c, LeGRCallback)]
     assert len(callbacks) == 1
     assert callbacks[0].flops == [0.3, 0.5] and callbacks[0].generations == 7
+
+
+USER_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+    from torch import nn
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import lightning_legr  # noqa: F401
+
+
+    class Net(LightningModule):
+        def __init__(self, width: int = 4):
+            super().__init__()
+            self.net = nn.Sequential(
+                nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                nn.Linear(width, 2),
+            )
+            self.example_input_array = torch.zeros(1, 1, 8, 8)
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return F.cross_entropy(self(batch[0]), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+    class Data(LightningDataModule):
+        def train_dataloader(self):
+            return self.val_dataloader()
+
+        def val_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            data = TensorDataset(torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 2, (32,), generator=g))
+            return DataLoader(data, batch_size=16)
+
+
+    LightningCLI(Net, Data)
+    """
+)
+
+
+def test_short_callback_name_in_a_user_script_after_import_lightning_legr(tmp_path):
+    """A fresh process, so that no import made by the tests registers the class."""
+    dirpath = tmp_path / "legr"
+    args = [
+        "fit", "--trainer.callbacks+=LeGRCallback", "--trainer.callbacks.flops=[0.5]",
+        "--trainer.callbacks.generations=2", "--trainer.callbacks.population=2", "--trainer.callbacks.sample_size=1",
+        "--trainer.callbacks.finetune_epochs=0", "--trainer.callbacks.latency=false",
+        f"--trainer.callbacks.dirpath={dirpath}", "--trainer.max_epochs=1", "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
+    script = tmp_path / "user_cli.py"
+    script.write_text(USER_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((dirpath / "results.json").read_text())["results"]
+    assert [r["budget"] for r in results] == [1.0, 0.5]
 
 
 def test_lightning_cli_rejects_a_bad_budget():
@@ -55,6 +130,28 @@ def test_console_command_fit_then_prune_with_the_saved_transform(tmp_path):
         json.loads((run / "results.json").read_text())["results"][0]["metric_before"]
     )  # the same trained weights
     assert Transform.from_dict(json.loads((again / "results.json").read_text())["transform"]) == transform
+
+
+@pytest.mark.parametrize("saver", ["save_module_checkpoint", "trainer.save_checkpoint"])
+def test_prune_a_checkpoint_saved_from_python(tmp_path, saver):
+    """Its hyperparameters have no class path, which LightningCLI cannot parse in subclass mode."""
+    torch.manual_seed(1)  # other weights than the module the command builds (seed_everything: 0)
+    module = DigitsClassifier(width=8)
+    path = tmp_path / "python.ckpt"
+    if saver == "save_module_checkpoint":
+        save_module_checkpoint(module, path)
+    else:
+        t = trainer(tmp_path, [], max_epochs=0, logger=False)
+        t.fit(module, datamodule=tiny_data())
+        t.save_checkpoint(path)
+    transform = tmp_path / "identity.json"
+    LeGRPruner(module, module.example_input_array).identity().save(transform)
+
+    main(["prune", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={path}",
+          f"--legr.transform={transform}", f"--legr.dirpath={tmp_path / 'run'}", "--legr.flops=[0.5]"])
+    base = torch.load(tmp_path / "run" / "base.ckpt", weights_only=False)["state_dict"]
+    assert all(torch.equal(base[k], v) for k, v in module.state_dict().items())  # the checkpoint's weights
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["results"][1]["budget"] == 0.5
 
 
 def test_prune_subcommand_needs_a_transform(tmp_path):

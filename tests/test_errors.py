@@ -54,6 +54,12 @@ def test_numpy_float32_budget_is_accepted(pruner):
     assert pruner.select(np.float32(0.5)).ratio <= 0.5
 
 
+def test_zero_dimensional_array_budgets_are_accepted(pruner):
+    assert pruner.select(np.array(0.5)).ratio <= 0.5
+    search = LeGRSearch(pruner, lambda m: 0.0, np.array(0.4), generations=1, population=1, sample_size=1)
+    assert search.flops == [0.4]
+
+
 def test_unreachable_budget(pruner):
     with pytest.raises(ValueError, match=r"A FLOP budget of 0\.001 cannot be reached") as err:
         pruner.select(0.001)
@@ -97,6 +103,27 @@ def test_output_conv_of_a_fully_convolutional_net_is_never_pruned():
     pruner = LeGRPruner(model, x)
     assert [g.name for g in pruner.structure.groups] == ["body"]
     assert pruner.prune(pruner.min_flops)(x).shape == (1, 5, 16, 16)
+
+
+class WithExtras(nn.Module):
+    """Returns values beside its logits that are not tensors, as detection and HF-style models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Linear(8, 10)
+
+    def forward(self, x):
+        logits = self.fc(self.conv2(self.conv1(x)).mean((2, 3)))
+        return {"logits": logits, "aux": None, "steps": 3, "tags": ("a", logits)}
+
+
+def test_outputs_that_are_not_tensors_are_skipped():
+    model, x = WithExtras(), torch.randn(1, 3, 16, 16)
+    pruner = LeGRPruner(model, x)
+    assert [g.name for g in pruner.structure.groups] == ["conv1", "conv2"]
+    small = pruner.prune(0.5)
+    assert small(x)["logits"].shape == (1, 10)
+    assert small.conv1.out_channels < 8
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 32, 32), (1, 3, 20, 20), (3, 32, 32)])
