@@ -1,4 +1,5 @@
-"""A real process killed with SIGTERM during the search leaves a whole, resumable state and no stray files."""
+"""A real process interrupted during the search (SIGTERM, or Ctrl-C's SIGINT) leaves a whole, resumable state and
+no stray files."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
+
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -30,14 +33,15 @@ def start(tmp_path):
     )
 
 
-def test_sigterm_during_search_then_resume(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_interrupted_search_then_resume(tmp_path, signum):
     state = tmp_path / "legr" / "search_state.json"
     process = start(tmp_path)
     deadline = time.time() + 120
     while not state.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert state.exists(), process.communicate()[0].decode()[-2000:]
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     output = process.communicate(timeout=120)[0].decode()
     assert process.returncode != 0, output[-2000:]
     assert "DONE" not in output
