@@ -16,6 +16,7 @@ gets its BatchNorm statistics recomputed on 512 training images (no weight chang
 same for each candidate before scoring it (see docs/benchmarks.md for why).
 
     python benchmarks/legr_cifar10.py                 # the short recipe, on 2 CPU cores (see docs/benchmarks.md)
+    python benchmarks/legr_cifar10.py --resume        # go on after an interruption, with the same arguments
     python benchmarks/legr_cifar10.py --recipe paper  # the paper-length fine-tuning, for a GPU
     python benchmarks/legr_cifar10.py --smoke         # minutes -> seconds; generated data without ../shared
 """
@@ -222,10 +223,10 @@ def fitness_function(val: Split, train: Split, tau: int, tau_lr: float, seed: in
 
 
 def legr_transform(model, x, search_budgets, val, train, generations, population, sample_size, tau, tau_lr, seed,
-                   bn_images=SEARCH_BN_IMAGES):
+                   bn_images=SEARCH_BN_IMAGES, state_path=None):
     pruner = LeGRPruner(model, x)
     search = LeGRSearch(
-        pruner, fitness_function(val, train, tau, tau_lr, seed, bn_images), search_budgets,
+        pruner, fitness_function(val, train, tau, tau_lr, seed, bn_images), search_budgets, state_path=state_path,
         generations=generations, population=min(population, generations),
         sample_size=min(sample_size, population, generations),
         seed=seed,
@@ -275,6 +276,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, help="override the recipe's learning rate")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning seeds per method and budget")
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true",
+                        help="go on with the results file of an interrupted run (same arguments): keep its rows")
     parser.add_argument("--transforms-from", help="results JSON of an earlier run: reuse its learned transforms")
     parser.add_argument("--merge", nargs="+", help="results JSON files to merge into one table (no training)")
     parser.add_argument("--generations", type=int, default=400, help="LeGR tau=0 search length")
@@ -301,6 +304,20 @@ def main(argv=None) -> int:
         args.generations, args.tau_generations, args.tau, args.fitness_images = 4, 3, 2, 128
         args.tau_population = 2
         recipe = Recipe(epochs=0.25, lr=0.02, schedule="cosine", distill=0.9)
+    search_flops = args.search_flops or sorted(args.budgets)[:2]
+    settings = dict(budgets=args.budgets, generations=args.generations, search_flops=search_flops,
+                    fitness_images=args.fitness_images, search_bn_images=SEARCH_BN_IMAGES, tau=args.tau,
+                    tau_lr=args.tau_lr, tau_generations=args.tau_generations, tau_population=args.tau_population)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"{args.name or ('smoke' if args.smoke else f'cifar10_{args.recipe}')}.json")
+    done = None
+    if args.resume and os.path.exists(path):  # an interrupted run: keep its searches and fine-tuned rows
+        with open(path) as f:
+            done = json.load(f)
+        if done["recipe"] != recipe.__dict__ or done["settings"] != settings:
+            raise SystemExit(f"--resume: {path} was made with other settings ({done['settings']}, recipe"
+                             f" {done['recipe']}); give the same arguments, or another --name.")
+
     started = time.perf_counter()
 
     train, val, test, source = load_data(args.smoke, args.data)
@@ -318,52 +335,79 @@ def main(argv=None) -> int:
                  acc_tuned=base_acc, latency_b1_ms=measure_latency(model, x, 1),
                  latency_b64_ms=measure_latency(model, x, 64), search_s=0.0, finetune_s=0.0)]
     searches: Dict[str, dict] = {}
+    earlier_wall = 0.0
+    if done is not None:
+        rows, searches, earlier_wall = done["rows"], done["searches"], done["wall_s"]
+        print(f"resuming {path}: {len(rows) - 1} fine-tuned rows, searches {sorted(searches)}", flush=True)
 
-    pruned_models: Dict[str, Callable[[float], nn.Module]] = {}
-    search_flops = args.search_flops or sorted(args.budgets)[:2]
+    def save(complete: bool) -> None:
+        """The record so far, written atomically after every search and every fine-tuned network."""
+        record = dict(
+            command=" ".join(["python", "benchmarks/legr_cifar10.py", *(argv if argv is not None else sys.argv[1:])]),
+            machine=f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+            versions={m.__name__: getattr(m, "__version__", "?") for m in (torch, tp, np)},
+            data=source, recipe=recipe.__dict__, wall_s=earlier_wall + time.perf_counter() - started, rows=rows,
+            summary=summarize(rows, args.budgets), searches=searches, settings=settings, complete=complete,
+        )
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(path + ".tmp", path)
+
+    earlier = {}
+    if args.transforms_from:
+        with open(args.transforms_from) as f:
+            earlier = json.load(f)["searches"]
     tau_sample = max(1, args.tau_population // 3)
     legr_settings = {  # method: (search budgets, generations, population, tournament, tau, BatchNorm images per candidate)
         "legr": (search_flops, args.generations, 64, 16, 0, SEARCH_BN_IMAGES),
         "legr_tau": (min(args.budgets), args.tau_generations, args.tau_population, tau_sample, args.tau, SEARCH_BN_IMAGES),
         "legr_paper": (min(args.budgets), args.generations, 64, 16, 0, 0),
     }
-    earlier = {}
-    if args.transforms_from:
-        with open(args.transforms_from) as f:
-            earlier = json.load(f)["searches"]
-    for method, (search_budgets, generations, population, sample_size, tau, bn_images) in legr_settings.items():
-        if method not in args.methods:
-            continue
-        if method in earlier:  # the learned transform of an earlier run: fine-tune other seeds without searching
-            pruner, transform = LeGRPruner(model, x), Transform.from_dict(earlier[method]["transform"])
+
+    def pruning_for(method: str) -> Callable[[float], nn.Module]:
+        """budget -> pruned network; a LeGR method searches first (or reuses an earlier run's transform)."""
+        if method == "tp_global":
+            return lambda b: tp_global(model, x, b)
+        if method not in legr_settings:
+            return lambda b, p=LeGRPruner(model, x, criterion=method): p.prune(b)
+        if method not in searches and method in earlier:
             searches[method] = dict(earlier[method], reused_from=args.transforms_from)
-            pruned_models[method] = lambda b, p=pruner, t=transform: p.prune(b, t)
             print(f"{method}: transform from {args.transforms_from}", flush=True)
-            continue
+        if method in searches:
+            return lambda b, p=LeGRPruner(model, x), t=Transform.from_dict(searches[method]["transform"]): p.prune(b, t)
+        search_budgets, generations, population, sample_size, tau, bn_images = legr_settings[method]
+        state = f"{path[:-len('.json')]}.{method}-search.json"  # the search's own state: resumes mid-search
+        if os.path.exists(state) and not args.resume:
+            os.remove(state)
+        resumed = os.path.exists(state)
         pruner, transform, seconds, history = legr_transform(
             model, x, search_budgets, fitness_val, train, generations, population, sample_size, tau, args.tau_lr, 0,
-            bn_images)
+            bn_images, state)
         searches[method] = dict(seconds=seconds, generations=generations, population=population, tau=tau,
                                 search_flops=search_budgets, bn_images=bn_images, history=history,
                                 transform=transform.to_dict())
-        pruned_models[method] = lambda b, p=pruner, t=transform: p.prune(b, t)
+        if resumed:  # then seconds counts this process's part of the search only
+            searches[method]["resumed_mid_search"] = True
+        save(complete=False)
+        os.remove(state)
         print(f"{method} search (tau={tau}, {generations} generations, budgets {search_budgets}): {seconds / 60:.1f} min,"
               f" best fitness {transform.info['fitness']:.4f}", flush=True)
-    for name, criterion in (("uniform", "uniform"), ("l2", "l2"), ("random", "random")):
-        if name in args.methods:
-            pruner = LeGRPruner(model, x, criterion=criterion)
-            pruned_models[name] = lambda b, p=pruner: p.prune(b)
-    if "tp_global" in args.methods:
-        pruned_models["tp_global"] = lambda b: tp_global(model, x, b)
+        return lambda b: pruner.prune(b, transform)
 
     teacher = logits_of(model, train) if recipe.distill > 0 else None
-    for method in args.methods:
-        for budget in args.budgets:
-            pruned = recalibrate(pruned_models[method](budget), train)
+    for method in args.methods:  # in the order given: each LeGR search runs just before its fine-tuning
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        todo = [(b, s) for b in args.budgets for s in seeds
+                if not any(r["method"] == method and r["budget"] == b and r["seed"] == s for r in rows)]
+        if not todo:
+            continue
+        prune_to = pruning_for(method)
+        for budget in dict.fromkeys(b for b, _ in todo):
+            pruned = recalibrate(prune_to(budget), train)
             flops = count_flops(pruned, x)
             _, acc_pruned = evaluate(pruned, test)
             latency = (measure_latency(pruned, x, 1), measure_latency(pruned, x, 64))
-            for seed in range(args.first_seed, args.first_seed + args.seeds):
+            for seed in [s for b, s in todo if b == budget]:
                 tuned = copy.deepcopy(pruned)
                 seconds = finetune(tuned, train, recipe, seed, teacher)
                 _, acc_tuned = evaluate(tuned, test)
@@ -372,31 +416,19 @@ def main(argv=None) -> int:
                     acc_pruned=acc_pruned, acc_tuned=acc_tuned, latency_b1_ms=latency[0], latency_b64_ms=latency[1],
                     search_s=searches.get(method, {}).get("seconds", 0.0), finetune_s=seconds,
                 ))
+                save(complete=False)
                 print(f"{method:>9} @ {budget:.2f}: {flops / base_flops:6.1%} FLOPs, {count_params(pruned) / 1e3:6.1f}K"
                       f" params, test acc {acc_pruned:6.2f}% pruned -> {acc_tuned:6.2f}% tuned (seed {seed},"
                       f" {seconds:.0f} s)", flush=True)
 
-    wall = time.perf_counter() - started
+    save(complete=True)
+    wall = earlier_wall + time.perf_counter() - started
     summary = summarize(rows, args.budgets)
     print("\n" + markdown_table(summary, base_acc))
     search_s = sum(v["seconds"] for v in searches.values() if "reused_from" not in v)
     finetune_s = sum(r["finetune_s"] for r in rows)
     print(f"\nwall time {wall / 60:.1f} min: searches {search_s / 60:.1f}, fine-tuning {finetune_s / 60:.1f},"
           f" the rest (data, teacher logits, evaluation, latency) {(wall - search_s - finetune_s) / 60:.1f}")
-    record = dict(
-        command=" ".join(["python", "benchmarks/legr_cifar10.py", *(argv if argv is not None else sys.argv[1:])]),
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-        versions={m.__name__: getattr(m, "__version__", "?") for m in (torch, tp, np)},
-        data=source, recipe=recipe.__dict__, wall_s=wall, rows=rows, summary=summary,
-        searches={k: {kk: vv for kk, vv in v.items()} for k, v in searches.items()},
-        settings=dict(generations=args.generations, search_flops=search_flops, fitness_images=len(fitness_val),
-                      search_bn_images=SEARCH_BN_IMAGES, tau=args.tau, tau_lr=args.tau_lr,
-                      tau_generations=args.tau_generations, tau_population=args.tau_population, seeds=args.seeds),
-    )
-    os.makedirs(args.out, exist_ok=True)
-    name = args.name or ("smoke" if args.smoke else f"cifar10_{args.recipe}")
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump(record, f, indent=1)
     if args.plot:
         plot(summary, base_flops, base_acc, args.plot)
     return 0
@@ -448,9 +480,13 @@ def markdown_table(summary: List[dict], base_acc: float) -> str:
         lines.append(
             f"| {r['budget']:.2f} | {r['method']} | {r['flops'] / 1e6:.2f} | {r['params'] / 1e3:.1f} |"
             f" {r['acc_pruned']:.2f} | {r['acc_tuned']:.2f}{spread} | {r['acc_tuned'] - base_acc:+.2f} |"
-            f" {r['latency_b1_ms']:.2f} | {r['latency_b64_ms']:.1f} | {search} |"
+            f" {_ms(r['latency_b1_ms'], 2)} | {_ms(r['latency_b64_ms'], 1)} | {search} |"
         )
     return "\n".join(lines)
+
+
+def _ms(value: Optional[float], digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def plot(summary: List[dict], base_flops: float, base_acc: float, path: str) -> None:

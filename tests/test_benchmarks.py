@@ -46,3 +46,25 @@ def test_bn_recalibration_smoke(capsys, monkeypatch):
     assert load("bn_recalibration").main(["--smoke", "--images", "128", "--budgets", "0.5"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| l2 |")]
     assert len(rows) == 1
+
+
+def test_cifar10_benchmark_resumes_an_interrupted_run(tmp_path, capsys):
+    bench = load("legr_cifar10")
+    common = ["--smoke", "--out", str(tmp_path), "--data", str(tmp_path / "none.tar.xz"), "--budgets", "0.5", "0.3"]
+    assert bench.main(common + ["--methods", "legr", "uniform"]) == 0  # stands for a run stopped after two methods
+    first = json.loads((tmp_path / "smoke.json").read_text())
+    assert first["complete"] and not (tmp_path / "smoke.json.tmp").exists()
+    assert not list(tmp_path.glob("*-search.json"))  # the search's own state goes once its result is recorded
+    capsys.readouterr()
+
+    assert bench.main(common + ["--methods", "legr", "uniform", "l2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "legr search" not in out  # neither the search nor the done rows run again
+    assert [line.split("@")[0].strip() for line in out.splitlines() if " tuned (seed" in line] == ["l2", "l2"]
+    second = json.loads((tmp_path / "smoke.json").read_text())
+    assert second["rows"][: len(first["rows"])] == first["rows"]
+    assert second["searches"]["legr"]["transform"] == first["searches"]["legr"]["transform"]
+    assert {r["method"] for r in second["summary"]} == {"legr", "uniform", "l2"}
+
+    with pytest.raises(SystemExit, match="other settings"):  # refused before any data is loaded
+        bench.main(common + ["--methods", "l2", "--resume", "--tau-lr", "0.1"])
