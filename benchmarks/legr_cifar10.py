@@ -17,6 +17,7 @@ same for each candidate before scoring it (see docs/benchmarks.md for why).
 
     python benchmarks/legr_cifar10.py                 # the short recipe, on 2 CPU cores (see docs/benchmarks.md)
     python benchmarks/legr_cifar10.py --resume        # go on after an interruption, with the same arguments
+    python benchmarks/legr_cifar10.py --latency benchmarks/results/cifar10_short.json  # re-time its networks side by side
     python benchmarks/legr_cifar10.py --recipe paper  # the paper-length fine-tuning, for a GPU
     python benchmarks/legr_cifar10.py --smoke         # minutes -> seconds; generated data without ../shared
 """
@@ -30,6 +31,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -279,6 +281,9 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="go on with the results file of an interrupted run (same arguments): keep its rows")
     parser.add_argument("--transforms-from", help="results JSON of an earlier run: reuse its learned transforms")
+    parser.add_argument("--latency", metavar="JSON",
+                        help="measure again the latency of every network of a results file, side by side (no training)")
+    parser.add_argument("--repeats", type=int, default=5, help="with --latency: rounds over all the networks")
     parser.add_argument("--merge", nargs="+", help="results JSON files to merge into one table (no training)")
     parser.add_argument("--generations", type=int, default=400, help="LeGR tau=0 search length")
     parser.add_argument("--search-flops", type=float, nargs="+",
@@ -296,6 +301,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.budgets, args.plot)
+    if args.latency:
+        return remeasure_latency(args.latency, args.weights, args.repeats)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     recipe = RECIPES[args.recipe]
@@ -305,7 +312,8 @@ def main(argv=None) -> int:
         args.tau_population = 2
         recipe = Recipe(epochs=0.25, lr=0.02, schedule="cosine", distill=0.9)
     search_flops = args.search_flops or sorted(args.budgets)[:2]
-    settings = dict(budgets=args.budgets, generations=args.generations, search_flops=search_flops,
+    depth = 8 if args.smoke else 56
+    settings = dict(depth=depth, budgets=args.budgets, generations=args.generations, search_flops=search_flops,
                     fitness_images=args.fitness_images, search_bn_images=SEARCH_BN_IMAGES, tau=args.tau,
                     tau_lr=args.tau_lr, tau_generations=args.tau_generations, tau_population=args.tau_population)
     os.makedirs(args.out, exist_ok=True)
@@ -314,7 +322,7 @@ def main(argv=None) -> int:
     if args.resume and os.path.exists(path):  # an interrupted run: keep its searches and fine-tuned rows
         with open(path) as f:
             done = json.load(f)
-        if done["recipe"] != recipe.__dict__ or done["settings"] != settings:
+        if done["recipe"] != recipe.__dict__ or {"depth": 56, **done["settings"]} != settings:
             raise SystemExit(f"--resume: {path} was made with other settings ({done['settings']}, recipe"
                              f" {done['recipe']}); give the same arguments, or another --name.")
 
@@ -322,18 +330,19 @@ def main(argv=None) -> int:
 
     train, val, test, source = load_data(args.smoke, args.data)
     fitness_val = val.head(args.fitness_images)
-    model = cifar_resnet(56 if not args.smoke else 8, shortcut="A")
+    model = cifar_resnet(depth, shortcut="A")
     if os.path.exists(args.weights) and not args.smoke:
         model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=False)["state_dict"])
     model.eval()
     x = torch.zeros(1, 3, 32, 32)
     base_flops, base_params = count_flops(model, x), count_params(model)
+    base_latency = latency_of(model, x)  # before evaluate(), which leaves the weights channels-last
     base_loss, base_acc = evaluate(model, test)
     print(f"data: {source}; train {len(train)}, held-out {len(val)} (fitness uses {len(fitness_val)}), test {len(test)}")
     print(f"unpruned: {base_flops / 1e6:.2f} MFLOPs, {base_params / 1e3:.1f}K params, test acc {base_acc:.2f}%")
     rows = [dict(method="unpruned", budget=1.0, seed=0, flops=base_flops, params=base_params, acc_pruned=base_acc,
-                 acc_tuned=base_acc, latency_b1_ms=measure_latency(model, x, 1),
-                 latency_b64_ms=measure_latency(model, x, 64), search_s=0.0, finetune_s=0.0)]
+                 acc_tuned=base_acc, latency_b1_ms=base_latency[0], latency_b64_ms=base_latency[1], search_s=0.0,
+                 finetune_s=0.0)]
     searches: Dict[str, dict] = {}
     earlier_wall = 0.0
     if done is not None:
@@ -345,7 +354,7 @@ def main(argv=None) -> int:
         record = dict(
             command=" ".join(["python", "benchmarks/legr_cifar10.py", *(argv if argv is not None else sys.argv[1:])]),
             machine=f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-            versions={m.__name__: getattr(m, "__version__", "?") for m in (torch, tp, np)},
+            versions={name: metadata.version(name) for name in ("torch", "torch-pruning", "numpy", "ptflops")},
             data=source, recipe=recipe.__dict__, wall_s=earlier_wall + time.perf_counter() - started, rows=rows,
             summary=summarize(rows, args.budgets), searches=searches, settings=settings, complete=complete,
         )
@@ -404,9 +413,8 @@ def main(argv=None) -> int:
         prune_to = pruning_for(method)
         for budget in dict.fromkeys(b for b, _ in todo):
             pruned = recalibrate(prune_to(budget), train)
-            flops = count_flops(pruned, x)
+            flops, latency = count_flops(pruned, x), latency_of(pruned, x)
             _, acc_pruned = evaluate(pruned, test)
-            latency = (measure_latency(pruned, x, 1), measure_latency(pruned, x, 64))
             for seed in [s for b, s in todo if b == budget]:
                 tuned = copy.deepcopy(pruned)
                 seconds = finetune(tuned, train, recipe, seed, teacher)
@@ -431,6 +439,61 @@ def main(argv=None) -> int:
           f" the rest (data, teacher logits, evaluation, latency) {(wall - search_s - finetune_s) / 60:.1f}")
     if args.plot:
         plot(summary, base_flops, base_acc, args.plot)
+    return 0
+
+
+def latency_of(model: nn.Module, x: torch.Tensor) -> Tuple[float, float]:
+    """Median CPU forward time in ms at batch 1 and 64, weights and input in the default (contiguous) layout."""
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    return measure_latency(model, x, 1), measure_latency(model, x, 64)
+
+
+def remeasure_latency(path: str, weights: str, repeats: int) -> int:
+    """Rebuild every pruned network of a results file (LeGR from its recorded transforms) and time them
+    in rounds, each round over all of them, so that a slow spell of the machine hits every network
+    alike; the median over rounds replaces the recorded latency."""
+    with open(path) as f:
+        record = json.load(f)
+    depth = record["settings"].get("depth", 56)
+    torch.manual_seed(0)  # as main(): the smoke mode's ResNet-8 keeps its initial weights
+    model = cifar_resnet(depth, shortcut="A")
+    if depth == 56:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["state_dict"])
+    model.eval()
+    x = torch.zeros(1, 3, 32, 32)
+    pruners: Dict[str, LeGRPruner] = {}
+    networks = {}
+    for row in record["rows"]:
+        method, budget = row["method"], row["budget"]
+        if (method, budget) in networks:
+            continue
+        if method == "unpruned":
+            networks[method, budget] = model
+        elif method == "tp_global":
+            networks[method, budget] = tp_global(model, x, budget)
+        else:
+            search = record["searches"].get(method)
+            criterion = "l2" if search else method
+            if criterion not in pruners:
+                pruners[criterion] = LeGRPruner(model, x, criterion=criterion)
+            pruner = pruners[criterion]
+            networks[method, budget] = pruner.prune(budget, Transform.from_dict(search["transform"]) if search else None)
+        if count_params(networks[method, budget]) != row["params"]:
+            raise SystemExit(f"--latency: {method} at {budget} rebuilds to another network than {path} records.")
+    times: Dict[tuple, List[Tuple[float, float]]] = {key: [] for key in networks}
+    for _ in range(repeats):
+        for key, network in networks.items():
+            times[key].append(latency_of(network, x))
+    for row in record["rows"]:
+        measured = times[row["method"], row["budget"]]
+        row["latency_b1_ms"] = float(np.median([t[0] for t in measured]))
+        row["latency_b64_ms"] = float(np.median([t[1] for t in measured]))
+    record["summary"] = summarize(record["rows"], record["settings"]["budgets"])
+    record["latency"] = f"measured again by --latency, median of {repeats} rounds over all the networks"
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(markdown_table(record["summary"], record["rows"][0]["acc_tuned"]))
     return 0
 
 

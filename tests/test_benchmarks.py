@@ -66,5 +66,10 @@ def test_cifar10_benchmark_resumes_an_interrupted_run(tmp_path, capsys):
     assert second["searches"]["legr"]["transform"] == first["searches"]["legr"]["transform"]
     assert {r["method"] for r in second["summary"]} == {"legr", "uniform", "l2"}
 
+    assert bench.main(["--latency", str(tmp_path / "smoke.json"), "--repeats", "2"]) == 0  # rebuilds every network
+    third = json.loads((tmp_path / "smoke.json").read_text())
+    assert "median of 2 rounds" in third["latency"] and third["rows"][1:] != second["rows"][1:]
+    assert all(r["latency_b1_ms"] > 0 for r in third["rows"])
+
     with pytest.raises(SystemExit, match="other settings"):  # refused before any data is loaded
         bench.main(common + ["--methods", "l2", "--resume", "--tau-lr", "0.1"])
