@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 from cifar10 import BatchTransform, load_image_folder  # noqa: E402
 
 from lightning_legr import LeGRPruner, LeGRSearch, Transform, count_flops, count_params  # noqa: E402
+from lightning_legr._io import write_json  # noqa: E402
 from lightning_legr.calibration import recalibrate_batchnorm  # noqa: E402
 from lightning_legr.models import cifar_resnet  # noqa: E402
 from lightning_legr.report import measure_latency  # noqa: E402
@@ -358,9 +359,7 @@ def main(argv=None) -> int:
             data=source, recipe=recipe.__dict__, wall_s=earlier_wall + time.perf_counter() - started, rows=rows,
             summary=summarize(rows, args.budgets), searches=searches, settings=settings, complete=complete,
         )
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json(path, record)
 
     earlier = {}
     if args.transforms_from:
@@ -490,9 +489,7 @@ def remeasure_latency(path: str, weights: str, repeats: int) -> int:
         row["latency_b64_ms"] = float(np.median([t[1] for t in measured]))
     record["summary"] = summarize(record["rows"], record["settings"]["budgets"])
     record["latency"] = f"measured again by --latency, median of {repeats} rounds over all the networks"
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_json(path, record)
     print(markdown_table(record["summary"], record["rows"][0]["acc_tuned"]))
     return 0
 
