@@ -47,11 +47,11 @@ sys.path.insert(0, os.path.join(ROOT, "examples"))
 from cifar10 import BatchTransform, load_image_folder  # noqa: E402
 
 from lightning_legr import LeGRPruner, LeGRSearch, Transform, count_flops, count_params  # noqa: E402
-from lightning_legr._io import write_json  # noqa: E402
-from lightning_legr.calibration import recalibrate_batchnorm  # noqa: E402
+from lightning_legr.core._io import write_json  # noqa: E402
+from lightning_legr.core.calibration import recalibrate_batchnorm  # noqa: E402
 from lightning_legr.models import cifar_resnet  # noqa: E402
 from lightning_legr.report import measure_latency  # noqa: E402
-from lightning_legr.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner  # noqa: E402
+from lightning_legr.core.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared")
 DATA = os.path.join(SHARED, "data", "cifar10-jpg.tar.xz")

@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_legr.criteria import CRITERIA
+from lightning_legr.core.criteria import CRITERIA
 from lightning_legr.models import cifar_resnet
 
 __all__ = ["load_image_folder", "CIFAR10DataModule", "CIFARClassifier", "run_legr", "main"]

@@ -1,22 +1,33 @@
 """lightning-legr: LeGR filter pruning (Chin et al., CVPR 2020) for PyTorch and Lightning.
 
-The algorithm core (structure, criteria, selection, surgery, evolution) needs only torch,
-torch-pruning, numpy and ptflops; the Lightning parts are imported on first use, or at once when
-Lightning is already imported.
+``lightning_legr.core`` is the algorithm (structure, criteria, FLOPs, selection, surgery, evolution,
+search) and needs only torch, torch-pruning, numpy and ptflops; the Lightning glue at the top level
+(callback, run directory, evaluation, fine-tuning, checkpoints, report, CLI) is imported on first
+use, or at once when Lightning is already imported.
 """
 
 import sys as _sys
 
-from lightning_legr.criteria import BNScale, Criterion, L1Norm, SquaredL2Norm
-from lightning_legr.evolution import RegularizedEvolution
-from lightning_legr.flops import count_flops, count_params
-from lightning_legr.pruner import LeGRPruner, prune
-from lightning_legr.search import LeGRSearch, learn_transform
-from lightning_legr.selection import Selection
-from lightning_legr.shortcuts import ZeroPadShortcut
-from lightning_legr.structure import Structure
-from lightning_legr.surgery import pruning_record, restore
-from lightning_legr.transform import Transform
+from lightning_legr.core import (
+    BNScale,
+    Criterion,
+    L1Norm,
+    LeGRPruner,
+    LeGRSearch,
+    RegularizedEvolution,
+    Selection,
+    SquaredL2Norm,
+    Structure,
+    Transform,
+    ZeroPadShortcut,
+    count_flops,
+    count_params,
+    learn_transform,
+    prune,
+    pruning_record,
+    recalibrate_batchnorm,
+    restore,
+)
 
 __version__ = "0.1.0"
 
@@ -39,6 +50,7 @@ __all__ = [
     "learn_transform",
     "prune",
     "pruning_record",
+    "recalibrate_batchnorm",
     "restore",
     *_LIGHTNING,
 ]

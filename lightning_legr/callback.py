@@ -14,19 +14,19 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
 
-from lightning_legr._io import read_json, write_json
+from lightning_legr.core._io import read_json, write_json
 from lightning_legr.checkpoint import save_module_checkpoint
 from lightning_legr.companion import (
     CANDIDATE_STREAM, DataSources, Evaluator, batch_inputs, derive_seed, finetune, missing_metric_message, seeded,
 )
-from lightning_legr.criteria import CRITERIA
-from lightning_legr.evolution import RegularizedEvolution
-from lightning_legr.flops import count_flops, count_params
-from lightning_legr.pruner import LeGRPruner
+from lightning_legr.core.criteria import CRITERIA
+from lightning_legr.core.evolution import RegularizedEvolution
+from lightning_legr.core.flops import count_flops, count_params
+from lightning_legr.core.pruner import LeGRPruner
 from lightning_legr.report import format_table, measure_latency, plot_metric, plot_widths, write_results
-from lightning_legr.search import Generation, LeGRSearch, check_budgets
-from lightning_legr.structure import map_tensors
-from lightning_legr.transform import Transform
+from lightning_legr.core.search import Generation, LeGRSearch, check_budgets
+from lightning_legr.core.structure import map_tensors
+from lightning_legr.core.transform import Transform
 
 __all__ = ["LeGRCallback"]
 

@@ -8,8 +8,8 @@ from typing import Any, Dict, Iterator, Optional, Type, TypeVar
 import lightning.pytorch as pl
 import torch
 
-from lightning_legr._io import PathLike, save_torch
-from lightning_legr.surgery import RECORD_KEY, pruning_record, restore
+from lightning_legr.core._io import PathLike, save_torch
+from lightning_legr.core.surgery import RECORD_KEY, pruning_record, restore
 
 __all__ = ["load_pruned", "save_module_checkpoint"]
 

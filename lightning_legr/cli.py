@@ -25,7 +25,7 @@ from lightning_legr.callback import LeGRCallback
 
 __all__ = ["LeGRTrainer", "LeGRCLI", "main", "DEMO_CONFIG"]
 
-DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
+from lightning_legr.demos import DEMO_CONFIG
 
 
 class LeGRTrainer(pl.Trainer):

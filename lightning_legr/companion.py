@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_legr.calibration import recalibrate_batchnorm
+from lightning_legr.core.calibration import recalibrate_batchnorm
 
 __all__ = ["DataSources", "trainer_kwargs", "Evaluator", "finetune", "quiet", "batch_inputs", "derive_seed", "seeded"]
 

@@ -1,4 +1,4 @@
-"""Reference networks: the CIFAR ResNets of the paper and a small CNN for the bundled demo."""
+"""Reference networks: the CIFAR ResNets of the paper (option A and B shortcuts)."""
 
 from typing import List
 
@@ -6,9 +6,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_legr.shortcuts import ZeroPadShortcut
+from lightning_legr.core.shortcuts import ZeroPadShortcut
 
-__all__ = ["BasicBlock", "CifarResNet", "cifar_resnet", "SmallCNN"]
+__all__ = ["BasicBlock", "CifarResNet", "cifar_resnet"]
 
 
 class BasicBlock(nn.Module):
@@ -84,27 +84,3 @@ def cifar_resnet(depth: int = 56, num_classes: int = 10, shortcut: str = "A") ->
         raise ValueError(f"`depth` must be 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
     n = (depth - 2) // 6
     return CifarResNet([n, n, n], num_classes=num_classes, shortcut=shortcut)
-
-
-class SmallCNN(nn.Module):
-    """A small VGG-style CNN, sized for 8x8 digit images (scikit-learn's bundled digits)."""
-
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
-        super().__init__()
-
-        def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-        self.features = nn.Sequential(
-            block(in_channels, width),
-            block(width, width),
-            nn.MaxPool2d(2),
-            block(width, 2 * width),
-            block(2 * width, 2 * width),
-            nn.MaxPool2d(2),
-            block(2 * width, 4 * width),
-        )
-        self.classifier = nn.Linear(4 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))

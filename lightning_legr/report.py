@@ -10,8 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from lightning_legr._io import atomic_path, write_json
-from lightning_legr.structure import ExampleInputs, map_tensors, run_model
+from lightning_legr.core._io import atomic_path, write_json
+from lightning_legr.core.structure import ExampleInputs, map_tensors, run_model
 
 __all__ = ["measure_latency", "batch_of", "format_table", "write_results", "plot_metric", "plot_widths"]
 

@@ -6,7 +6,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_legr.demo import DigitsClassifier, DigitsDataModule
+from lightning_legr.demos.digits import DigitsClassifier, DigitsDataModule
 
 
 def tiny_module(cls=None, **kwargs) -> DigitsClassifier:

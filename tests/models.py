@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from torch_pruning.pruner.function import BasePruningFunc
 
-from lightning_legr.shortcuts import ZeroPadShortcut
+from lightning_legr.core.shortcuts import ZeroPadShortcut
 
 INPUT_SHAPE = (1, 3, 32, 32)
 

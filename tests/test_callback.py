@@ -9,11 +9,11 @@ import shutil
 import pytest
 import torch
 
-import lightning_legr.search as search_module
+import lightning_legr.core.search as search_module
 from lightning.pytorch.callbacks import Callback
 from lightning_legr import LeGRCallback, Transform, count_flops, load_pruned
 from lightning_legr.companion import seeded
-from lightning_legr.demo import DigitsClassifier, DigitsDataModule
+from lightning_legr.demos.digits import DigitsClassifier, DigitsDataModule
 from tests.lightning_helpers import SMALL_SEARCH, CountingClassifier, LinearOnly, tiny_data, tiny_module, trainer
 
 
@@ -209,7 +209,7 @@ def test_dirpath_of_another_model(tmp_path):
     )
     # another LightningModule class, even of the same architecture, is another run
     fit_fails(tmp_path, LeGRCallback(flops=[0.5], dirpath=dirpath, **settings), datamodule=tiny_data(),
-              match=r"holds another LeGR run \(module: 'lightning_legr.demo.DigitsClassifier' there, "
+              match=r"holds another LeGR run \(module: 'lightning_legr.demos.digits.DigitsClassifier' there, "
                     r"'tests.lightning_helpers.CountingClassifier' here")
     # the same class with other widths cannot take the saved pretrained weights
     fit_fails(tmp_path, LeGRCallback(flops=[0.5], dirpath=dirpath, **settings), module=tiny_module(width=16),

@@ -5,7 +5,7 @@ import torch
 
 from lightning_legr import LeGRPruner, load_pruned, pruning_record
 from lightning_legr.checkpoint import save_module_checkpoint
-from lightning_legr.demo import DigitsClassifier
+from lightning_legr.demos.digits import DigitsClassifier
 from tests.lightning_helpers import tiny_data, tiny_module, trainer
 
 

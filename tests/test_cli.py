@@ -13,7 +13,7 @@ import lightning_legr.callback  # noqa: F401 - makes the short class name known 
 from lightning_legr import LeGRCallback, LeGRPruner, Transform
 from lightning_legr.checkpoint import save_module_checkpoint
 from lightning_legr.cli import DEMO_CONFIG, main
-from lightning_legr.demo import DigitsClassifier, DigitsDataModule
+from lightning_legr.demos.digits import DigitsClassifier, DigitsDataModule
 from tests.lightning_helpers import tiny_data, trainer
 
 FAST = [

@@ -5,12 +5,12 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 from torch import nn
 
-from lightning_legr.criteria import Criterion, get_criterion
-from lightning_legr.flops import FlopModel, calibrate
-from lightning_legr.selection import Selection, Selector
-from lightning_legr.structure import ExampleInputs, Structure
-from lightning_legr.surgery import prune_copy
-from lightning_legr.transform import Transform
+from lightning_legr.core.criteria import Criterion, get_criterion
+from lightning_legr.core.flops import FlopModel, calibrate
+from lightning_legr.core.selection import Selection, Selector
+from lightning_legr.core.structure import ExampleInputs, Structure
+from lightning_legr.core.surgery import prune_copy
+from lightning_legr.core.transform import Transform
 
 __all__ = ["LeGRPruner", "prune"]
 
@@ -26,7 +26,7 @@ class LeGRPruner:
         model: the trained network. It is never modified.
         example_inputs: an input it runs on; FLOPs are counted for it (use batch 1).
         criterion: base importance, ``"l2"`` (squared L2 norm of each filter, the default),
-            ``"l1"``, ``"bn"`` (BatchNorm scale) or a :class:`~lightning_legr.criteria.Criterion`.
+            ``"l1"``, ``"bn"`` (BatchNorm scale) or a :class:`~lightning_legr.core.criteria.Criterion`.
         safeguard: share of every group that is always kept (at least one channel).
         round_to: keep every group's width a multiple of this, e.g. 8 for hardware efficiency.
         ignored_layers: modules (or names) whose channels must not be pruned.
@@ -122,7 +122,7 @@ def prune(
 
         >>> import torch
         >>> from lightning_legr.models import cifar_resnet
-        >>> from lightning_legr.flops import count_flops
+        >>> from lightning_legr.core.flops import count_flops
         >>> model, x = cifar_resnet(20), torch.randn(1, 3, 32, 32)
         >>> small = prune(model, x, flops=0.3)
         >>> 0.29 < count_flops(small, x) / count_flops(model, x) <= 0.3

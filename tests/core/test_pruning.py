@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from lightning_legr import LeGRPruner, ZeroPadShortcut, count_flops, count_params, prune, pruning_record, restore
 from lightning_legr.models import cifar_resnet
-from lightning_legr.shortcuts import ZeroPadShortcutPruner
+from lightning_legr.core.shortcuts import ZeroPadShortcutPruner
 from tests.models import ARCHITECTURES, build, example_input, shared_pruner, vgg_small
 
 BUDGETS = [round(0.1 * k, 1) for k in range(1, 10)]

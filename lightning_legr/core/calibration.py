@@ -11,7 +11,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from lightning_legr.structure import ExampleInputs, run_model
+from lightning_legr.core.structure import ExampleInputs, run_model
 
 __all__ = ["recalibrate_batchnorm"]
 

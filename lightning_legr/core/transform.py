@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from lightning_legr._io import PathLike, read_json, write_json
+from lightning_legr.core._io import PathLike, read_json, write_json
 
 __all__ = ["Transform"]
 

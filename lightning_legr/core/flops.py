@@ -14,7 +14,7 @@ import torch
 from ptflops import get_model_complexity_info
 from torch import nn
 
-from lightning_legr.structure import ExampleInputs, Structure, run_model
+from lightning_legr.core.structure import ExampleInputs, Structure, run_model
 
 __all__ = ["FlopModel", "count_flops", "count_params"]
 

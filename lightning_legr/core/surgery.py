@@ -19,9 +19,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from lightning_legr.selection import Selection
-from lightning_legr.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
-from lightning_legr.structure import Structure
+from lightning_legr.core.selection import Selection
+from lightning_legr.core.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
+from lightning_legr.core.structure import Structure
 
 __all__ = ["RECORD_ATTR", "RECORD_KEY", "plan", "apply_plan", "restore", "pruning_record", "prune_copy"]
 

@@ -15,7 +15,7 @@ from typing import Dict, Type, Union
 import torch
 from torch import nn
 
-from lightning_legr.structure import ChannelGroup, GroupMember
+from lightning_legr.core.structure import ChannelGroup, GroupMember
 
 __all__ = [
     "Criterion", "SquaredL2Norm", "L1Norm", "BNScale", "RandomScores", "WithinGroupRank", "CRITERIA", "get_criterion",

@@ -7,8 +7,8 @@ from typing import List, Sequence
 
 import numpy as np
 
-from lightning_legr.flops import FlopModel
-from lightning_legr.structure import Structure
+from lightning_legr.core.flops import FlopModel
+from lightning_legr.core.structure import Structure
 
 __all__ = ["Selection", "Selector", "check_budget"]
 

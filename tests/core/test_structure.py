@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from lightning_legr import LeGRPruner, ZeroPadShortcut, count_flops
 from lightning_legr.models import cifar_resnet
-from lightning_legr.shortcuts import ZeroPadShortcutPruner
+from lightning_legr.core.shortcuts import ZeroPadShortcutPruner
 from tests.models import (
     akamaster_resnet,
     build,

@@ -10,12 +10,12 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 from torch import nn
 
-from lightning_legr._io import PathLike, read_json, write_json
-from lightning_legr.evolution import RegularizedEvolution
-from lightning_legr.pruner import LeGRPruner
-from lightning_legr.selection import check_budget
-from lightning_legr.structure import ExampleInputs
-from lightning_legr.transform import Transform
+from lightning_legr.core._io import PathLike, read_json, write_json
+from lightning_legr.core.evolution import RegularizedEvolution
+from lightning_legr.core.pruner import LeGRPruner
+from lightning_legr.core.selection import check_budget
+from lightning_legr.core.structure import ExampleInputs
+from lightning_legr.core.transform import Transform
 
 __all__ = ["Generation", "LeGRSearch", "learn_transform", "check_budgets"]
 
@@ -56,7 +56,7 @@ class LeGRSearch:
     lowest fitness (e.g. validation loss after ``tau`` fine-tune steps, which ``fitness`` does).
 
     Args:
-        pruner: the model's :class:`~lightning_legr.pruner.LeGRPruner`.
+        pruner: the model's :class:`~lightning_legr.core.pruner.LeGRPruner`.
         fitness: called with each candidate's pruned copy; returns a float, lower is better.
         flops: the budget candidates are pruned to: the paper uses the smallest of the budgets you
             want. Several budgets: a candidate's fitness is the mean over them (one pruned copy
@@ -65,7 +65,7 @@ class LeGRSearch:
         state_path: a JSON file the search's state is written to after every generation; if it
             exists, the search resumes from it. ``None``: no file.
         **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
-            ``min_step``, ``seed`` of :class:`~lightning_legr.evolution.RegularizedEvolution`.
+            ``min_step``, ``seed`` of :class:`~lightning_legr.core.evolution.RegularizedEvolution`.
 
     Example::
 
@@ -199,7 +199,7 @@ def learn_transform(
     the fitness over several. ``fitness(pruned_model) -> float`` is yours: validation loss, possibly
     after a few fine-tune steps; lower is better.
 
-    Keyword arguments not listed go to :class:`~lightning_legr.pruner.LeGRPruner` (``criterion``,
+    Keyword arguments not listed go to :class:`~lightning_legr.core.pruner.LeGRPruner` (``criterion``,
     ``safeguard``, ``round_to``, ``ignored_layers``, ``customized_pruners``).
 
     Example::

@@ -5,12 +5,35 @@ from typing import Optional
 import lightning.pytorch as pl
 import torch
 import torchmetrics
+from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_legr.models import SmallCNN
+__all__ = ["SmallCNN", "DigitsDataModule", "DigitsClassifier"]
 
-__all__ = ["DigitsDataModule", "DigitsClassifier"]
+
+class SmallCNN(nn.Module):
+    """A small VGG-style CNN, sized for 8x8 digit images (scikit-learn's bundled digits)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.features = nn.Sequential(
+            block(in_channels, width),
+            block(width, width),
+            nn.MaxPool2d(2),
+            block(width, 2 * width),
+            block(2 * width, 2 * width),
+            nn.MaxPool2d(2),
+            block(2 * width, 4 * width),
+        )
+        self.classifier = nn.Linear(4 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
 class DigitsDataModule(pl.LightningDataModule):
@@ -59,7 +82,7 @@ class DigitsDataModule(pl.LightningDataModule):
 
 
 class DigitsClassifier(pl.LightningModule):
-    """:class:`~lightning_legr.models.SmallCNN` trained with SGD + cosine schedule; logs loss and accuracy.
+    """:class:`SmallCNN` trained with SGD + cosine schedule; logs loss and accuracy.
 
     Args:
         width: channels of the first convolution (the widest has 4x).

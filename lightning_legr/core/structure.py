@@ -10,7 +10,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from lightning_legr.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
+from lightning_legr.core.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
 
 __all__ = ["GroupMember", "ChannelGroup", "Structure", "ExampleInputs", "run_model", "map_tensors"]
 

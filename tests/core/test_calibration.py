@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from lightning_legr import prune
-from lightning_legr.calibration import recalibrate_batchnorm
+from lightning_legr.core.calibration import recalibrate_batchnorm
 from lightning_legr.models import cifar_resnet
 
 
