@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     train, val, _, source = bench.load_data(args.smoke, args.data)
     model = bench.cifar_resnet(8 if args.smoke else 56, shortcut="A")
     if not args.smoke:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True)["state_dict"])
     model.eval()
     held_out = val.head(args.images)
     x = torch.zeros(1, 3, 32, 32)

@@ -50,7 +50,7 @@ def main(argv=None):
     model = cifar_resnet(56, shortcut="A")
     source = "random init"
     if os.path.exists(WEIGHTS):
-        model.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True)["state_dict"])
         source = "pretrained ../shared weights"
     x = torch.randn(1, 3, 32, 32)
     start = time.perf_counter()

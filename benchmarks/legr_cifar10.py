@@ -25,7 +25,6 @@ same for each candidate before scoring it (see docs/benchmarks.md for why).
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import sys
@@ -50,7 +49,7 @@ from lightning_legr import LeGRPruner, LeGRSearch, Transform, count_flops, count
 from lightning_legr.core._io import write_json  # noqa: E402
 from lightning_legr.core.calibration import recalibrate_batchnorm  # noqa: E402
 from lightning_legr.models import cifar_resnet  # noqa: E402
-from lightning_legr.report import measure_latency  # noqa: E402
+from lightning_legr.report import measure_latencies  # noqa: E402
 from lightning_legr.core.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner  # noqa: E402
 
 SHARED = os.path.join(ROOT, "..", "shared")
@@ -333,7 +332,7 @@ def main(argv=None) -> int:
     fitness_val = val.head(args.fitness_images)
     model = cifar_resnet(depth, shortcut="A")
     if os.path.exists(args.weights) and not args.smoke:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True)["state_dict"])
     model.eval()
     x = torch.zeros(1, 3, 32, 32)
     base_flops, base_params = count_flops(model, x), count_params(model)
@@ -442,9 +441,9 @@ def main(argv=None) -> int:
 
 
 def latency_of(model: nn.Module, x: torch.Tensor) -> Tuple[float, float]:
-    """Median CPU forward time in ms at batch 1 and 64, weights and input in the default (contiguous) layout."""
-    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
-    return measure_latency(model, x, 1), measure_latency(model, x, 64)
+    """Median CPU forward time in ms at batch 1 and 64 (one thread, contiguous layout, three rounds)."""
+    times = measure_latencies({"model": model}, x, (1, 64), threads=1, rounds=3)["model"]
+    return times[1].median_ms, times[64].median_ms
 
 
 def remeasure_latency(path: str, weights: str, repeats: int) -> int:
@@ -457,7 +456,7 @@ def remeasure_latency(path: str, weights: str, repeats: int) -> int:
     torch.manual_seed(0)  # as main(): the smoke mode's ResNet-8 keeps its initial weights
     model = cifar_resnet(depth, shortcut="A")
     if depth == 56:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["state_dict"])
     model.eval()
     x = torch.zeros(1, 3, 32, 32)
     pruners: Dict[str, LeGRPruner] = {}
@@ -479,16 +478,15 @@ def remeasure_latency(path: str, weights: str, repeats: int) -> int:
             networks[method, budget] = pruner.prune(budget, Transform.from_dict(search["transform"]) if search else None)
         if count_params(networks[method, budget]) != row["params"]:
             raise SystemExit(f"--latency: {method} at {budget} rebuilds to another network than {path} records.")
-    times: Dict[tuple, List[Tuple[float, float]]] = {key: [] for key in networks}
-    for _ in range(repeats):
-        for key, network in networks.items():
-            times[key].append(latency_of(network, x))
+    times = measure_latencies(networks, x, (1, 64), threads=1, rounds=repeats)
     for row in record["rows"]:
         measured = times[row["method"], row["budget"]]
-        row["latency_b1_ms"] = float(np.median([t[0] for t in measured]))
-        row["latency_b64_ms"] = float(np.median([t[1] for t in measured]))
+        row["latency_b1_ms"], row["latency_b64_ms"] = measured[1].median_ms, measured[64].median_ms
+        row["latency_b1_iqr_ms"], row["latency_b64_iqr_ms"] = measured[1].iqr_ms, measured[64].iqr_ms
     record["summary"] = summarize(record["rows"], record["settings"]["budgets"])
-    record["latency"] = f"measured again by --latency, median of {repeats} rounds over all the networks"
+    record["latency"] = (
+        f"measured again by --latency: torch.utils.benchmark, 1 thread, median of {repeats} rounds over all the networks"
+    )
     write_json(path, record)
     print(markdown_table(record["summary"], record["rows"][0]["acc_tuned"]))
     return 0

@@ -2,39 +2,41 @@
 
 import contextlib
 import copy
-import glob
+import hashlib
+import json
 import math
 import os
 import signal
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from tqdm.auto import tqdm
+from typing_extensions import override
 
-from lightning_legr.core._io import read_json, write_json
-from lightning_legr.checkpoint import save_module_checkpoint
-from lightning_legr.companion import (
-    CANDIDATE_STREAM, DataSources, Evaluator, batch_inputs, derive_seed, finetune, missing_metric_message, seeded,
-)
-from lightning_legr.core.criteria import CRITERIA
+from lightning_legr import _compat
+from lightning_legr._random import CANDIDATE, CHECKS, FINETUNE, derive_seed, seeded
+from lightning_legr.checkpoint import load_checkpoint, save_module_checkpoint
+from lightning_legr.core._io import write_text
+from lightning_legr.core.criteria import get_criterion
+from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
 from lightning_legr.core.flops import count_flops, count_params
 from lightning_legr.core.pruner import LeGRPruner
-from lightning_legr.report import format_table, measure_latency, plot_metric, plot_widths, write_results
 from lightning_legr.core.search import Generation, LeGRSearch, check_budgets
-from lightning_legr.core.structure import map_tensors
+from lightning_legr.core.selection import check_round_to, check_safeguard
+from lightning_legr.core.structure import check_layer_list, map_tensors
+from lightning_legr.core.surgery import restore
 from lightning_legr.core.transform import Transform
+from lightning_legr.evaluation import DataSources, Evaluator, batch_inputs, missing_metric_message, quiet
+from lightning_legr.finetuning import finetune
+from lightning_legr.report import (
+    LATENCY_BATCHES, format_table, latency_columns, measure_latencies, plot_metric, plot_widths, write_results,
+)
+from lightning_legr.rundir import RunDirectory, budget_name
 
 __all__ = ["LeGRCallback"]
-
-RUN_FILE = "run.json"
-BASE_CKPT = "base.ckpt"
-STATE_FILE = "search_state.json"
-TRANSFORM_FILE = "transform.json"
-PRUNED_CKPT = "pruned.ckpt"
 
 
 class LeGRCallback(Callback):
@@ -49,27 +51,29 @@ class LeGRCallback(Callback):
     2. for every budget in ``flops``, prunes a copy with the best transform, saves it as
        ``dirpath/flops_<budget>/pruned.ckpt`` and fine-tunes it for ``finetune_epochs`` in a fresh
        Trainer (same accelerator, device, precision and loggers), keeping the best checkpoint by
-       ``monitor`` in ``dirpath/flops_<budget>/best.ckpt``. If the pruned model scores better than
-       every fine-tuned epoch, a warning says so and its row of the results points to ``pruned.ckpt``
-       (``metric_after`` stays the fine-tuned score);
-    3. prints a results table and writes ``results.csv``, ``results.json``, ``metric_vs_flops.png``
-       and ``widths_<budget>.png`` in ``dirpath``.
+       ``monitor`` in ``dirpath/flops_<budget>/best.ckpt`` and the last epoch's in ``last.ckpt``. If the
+       pruned model scores better than every fine-tuned epoch, a warning says so and its row of the
+       results points to ``pruned.ckpt`` (``metric_after`` stays the fine-tuned score);
+    3. measures the CPU latency of every network side by side, prints a results table and writes
+       ``results.csv``, ``results.json``, ``metric_vs_flops.png`` and ``widths_<budget>.png`` in ``dirpath``.
 
-    Everything is resumable: the search state is saved every generation, finished budgets are kept,
-    and an interrupted fine-tune resumes from its ``last.ckpt``. Run the same command again with the
-    same ``dirpath``: the pretrained model is taken from ``dirpath/base.ckpt`` and pretraining is
-    skipped. A ``dirpath`` holding another run's settings (or another LightningModule class) is refused.
-    A resumed search scores every candidate as the uninterrupted one would: the BatchNorm batches
-    and each candidate's ``tau`` batches are drawn under seeds derived from ``seed``, in a forked
-    random state that leaves your global one as it was.
+    Everything is resumable, and a resumed run ends exactly as an uninterrupted one: the search state
+    is saved every generation, finished budgets are kept, an interrupted fine-tune resumes from its
+    ``last.ckpt``, and every random choice (the BatchNorm batches, each candidate's ``tau`` batches,
+    each fine-tuning epoch's data order and dropout) is drawn under a seed derived from ``seed``, in a
+    forked random state that leaves your global one as it was. Run the same command again with the
+    same ``dirpath`` (which may have been moved or copied: it stores only relative paths): the
+    pretrained model is taken from ``dirpath/base.ckpt`` and pretraining is skipped. A ``dirpath``
+    holding another run (other settings, LightningModule class, module or datamodule hyperparameters,
+    or ``max_epochs``) is refused, naming what differs.
 
     Args:
-        flops: FLOP budgets, fractions of the original FLOPs in (0, 1], e.g. ``[0.3, 0.5, 0.7]``.
+        flops: FLOP budgets, fractions of the original FLOPs in (0, 1), e.g. ``[0.3, 0.5, 0.7]``.
         generations: candidates evaluated by the search, the initial population included.
         population: population size of the regularized evolution.
         sample_size: tournament size.
         mutation_rate: share of channel groups mutated in each child.
-        sigma: standard deviation of the log-scale mutations of alpha.
+        sigma: standard deviation of the log-scale mutations of alpha (finite, > 0).
         tau: training steps given to each candidate before it is scored (0 in the paper for
             CIFAR-10 ResNet-56, 200 elsewhere).
         tau_lr: learning rate of the plain SGD used for those steps; ``None`` uses the module's own
@@ -89,26 +93,39 @@ class LeGRCallback(Callback):
         finetune_epochs: epochs of fine-tuning per budget (0: keep the pruned model as it is,
             ``pruned.ckpt``).
         monitor: metric logged by the module's validation that scores candidates and picks the best
-            fine-tuning checkpoint.
+            fine-tuning checkpoint. A candidate whose ``monitor`` is NaN or infinite counts as the worst.
         mode: ``"min"`` if lower ``monitor`` is better (a loss), ``"max"`` for accuracy-like metrics.
-        seed: seed of the search (candidates, and the training batches that score them).
+        seed: seed of the run (an integer >= 0): the candidates, and the batches that score and
+            fine-tune them.
         dirpath: where everything is written; default ``<trainer.default_root_dir>/legr``.
         transform: a saved ``transform.json``: skip the search and prune with it.
         ignored_layers: names of modules (in the LightningModule) whose channels are never pruned.
         customized_pruners: torch-pruning pruners for your custom layers, ``{LayerClass: pruner}``.
         latency: measure CPU latency at batch 1 and 64 for the results table.
+        latency_threads: CPU threads for the latency measurement (one by default: the steadiest).
 
     Raises:
-        ValueError: at construction, for invalid settings; when fit starts (before any training
-            step), if there is no validation data, ``monitor`` is not logged, the model cannot be
-            pruned or a budget is unreachable, or ``dirpath`` holds another run (other settings,
-            another LightningModule class, or a ``base.ckpt`` that does not load into the module).
+        ConfigurationError: (a ``ValueError``) at construction, for invalid settings; when fit starts
+            (before any training step), if there is no validation data, ``monitor`` is not logged, the
+            model cannot be pruned or a budget is unreachable, or ``dirpath`` holds another run or a
+            file that is not a plain checkpoint.
+
+    Attributes:
+        results: after ``fit``, one dict per network (the unpruned one first, then every budget from the
+            largest): ``budget``, ``flops``, ``flops_ratio``, ``params``, ``metric_before`` (pruned),
+            ``metric_after`` (fine-tuned), latencies, and ``checkpoint`` (an absolute path).
+        transform: the learned :class:`~lightning_legr.Transform`.
 
     Example::
 
-        trainer = L.Trainer(max_epochs=30, callbacks=[LeGRCallback(flops=[0.3, 0.5, 0.7])])
-        trainer.fit(model, datamodule=dm)  # pretrain, learn the ranking, fine-tune 3 models
-        small = lightning_legr.load_pruned(trainer.callbacks[0].results[1]["checkpoint"], MyModule)
+        >>> import lightning as L
+        >>> from lightning_legr import LeGRCallback
+        >>> callback = LeGRCallback(flops=[0.3, 0.5, 0.7], generations=100, population=16, sample_size=4)
+        >>> callback.flops
+        [0.3, 0.5, 0.7]
+        >>> trainer = L.Trainer(max_epochs=30, callbacks=[callback])  # doctest: +SKIP
+        >>> trainer.fit(model, datamodule=dm)  # doctest: +SKIP
+        >>> small = lightning_legr.load_pruned(callback.results[1]["checkpoint"], MyModule)  # doctest: +SKIP
     """
 
     def __init__(
@@ -136,110 +153,142 @@ class LeGRCallback(Callback):
         ignored_layers: Optional[List[str]] = None,
         customized_pruners: Optional[dict] = None,
         latency: bool = True,
+        latency_threads: int = 1,
     ) -> None:
         super().__init__()
-        self.flops = check_budgets(flops)
-        self.search_flops = sorted(check_budgets(search_flops, "search_flops")) if search_flops is not None else [min(self.flops)]
+        self.budgets = check_budgets(flops, "flops", unpruned=False)
+        self.search_budgets = (
+            sorted(check_budgets(search_flops, "search_flops", unpruned=False))
+            if search_flops is not None else [min(self.budgets)]
+        )
         RegularizedEvolution([1.0], generations, population, sample_size, mutation_rate, sigma, seed=seed)
-        integers = (("tau", tau, 0), ("finetune_epochs", finetune_epochs, 0), ("round_to", round_to, 1), ("bn_batches", bn_batches, 0))
-        for name, value, minimum in integers:
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
-        if fitness_batches is not None and (not isinstance(fitness_batches, int) or fitness_batches < 1):
-            raise ValueError(f"`fitness_batches` must be a positive integer or None (all batches), got {fitness_batches!r}")
-        if tau_lr is not None and not tau_lr > 0:
-            raise ValueError(f"`tau_lr` must be positive or None (use the module's optimizer), got {tau_lr}")
-        if not 0 <= safeguard < 1:
-            raise ValueError(f"`safeguard` must be in [0, 1) (the share of each group always kept), got {safeguard}")
+        for name, value, minimum in (("tau", tau, 0), ("finetune_epochs", finetune_epochs, 0), ("bn_batches", bn_batches, 0)):
+            _check_int(name, value, minimum)
+        if fitness_batches is not None:
+            _check_int("fitness_batches", fitness_batches, 1, "or None (all batches)")
+        if tau_lr is not None and (not _is_number(tau_lr) or not math.isfinite(tau_lr) or tau_lr <= 0):
+            raise ConfigurationError(f"`tau_lr` must be a number > 0 or None (use the module's optimizer), got {tau_lr!r}")
         if mode not in ("min", "max"):
-            raise ValueError(f"`mode` can be min or max, got {mode!r}")
-        if criterion not in CRITERIA:
-            raise ValueError(f"`criterion` can be {', '.join(CRITERIA)}, got {criterion!r}")
+            raise ConfigurationError(f"`mode` can be min or max, got {mode!r}")
+        if not isinstance(monitor, str) or not monitor:
+            raise ConfigurationError(f"`monitor` must be the name of a logged metric, got {monitor!r}")
+        if mode == "max" and "loss" in monitor.lower():
+            rank_zero_warn(
+                f"LeGRCallback(mode='max') with monitor={monitor!r}: the name says loss, and mode='max' keeps the"
+                " candidates and checkpoints with the highest value. Use mode='min' for a loss."
+            )
+        check_layer_list(ignored_layers)
         if not all(isinstance(name, str) for name in ignored_layers or []):
-            raise ValueError(f"`ignored_layers` must be module names (strings, e.g. 'model.conv1'), got {ignored_layers!r}")
-        if transform is not None:
-            Transform.load(transform)  # fail now on a missing or broken file
+            raise ConfigurationError(f"`ignored_layers` must be module names (strings, e.g. 'model.conv1'), got {ignored_layers!r}")
+        if not isinstance(latency, bool):
+            raise ConfigurationError(f"`latency` must be True or False, got {latency!r}")
+        _check_int("latency_threads", latency_threads, 1)
+        if customized_pruners is not None and not isinstance(customized_pruners, dict):
+            raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
+        self.run = None if dirpath is None else RunDirectory(dirpath)  # refuses a dirpath that is not a path
+        self.transform_path = transform
+        given = None if transform is None else Transform.load(transform)  # fails now on a missing or broken file
+        self._transform_digest = None if given is None else _digest(given)
         self.generations, self.population, self.sample_size = generations, population, sample_size
         self.mutation_rate, self.sigma, self.seed = mutation_rate, sigma, seed
         self.tau, self.tau_lr, self.fitness_batches, self.bn_batches = tau, tau_lr, fitness_batches, bn_batches
-        self.safeguard, self.criterion, self.round_to = safeguard, criterion, round_to
+        self.safeguard, self.round_to = check_safeguard(safeguard), check_round_to(round_to)
+        self.criterion = criterion
+        self._criterion_name = get_criterion(criterion).name  # refuses an unknown criterion
         self.finetune_epochs, self.monitor, self.mode = finetune_epochs, monitor, mode
-        self.dirpath, self.transform_path = dirpath, transform
         self.ignored_layers = list(ignored_layers or [])
         self.customized_pruners = dict(customized_pruners or {})
-        self.latency = latency
+        self.latency, self.latency_threads = latency, latency_threads
         self.transform: Optional[Transform] = None
         self.results: List[Dict[str, Any]] = []
+        self.pretrained_weights: Optional[str] = None  # a digest of the weights `prune` started from
         self._example: Any = None
-        self._module_class: Optional[str] = None
+        self._settings: Dict[str, Any] = {}
 
-    # ------------------------------------------------------------------ settings
-    def _settings(self) -> Dict[str, Any]:
-        """What makes two runs the same run: a dirpath is only reused with these unchanged."""
-        return {
-            "module": self._module_class,
-            "flops": sorted(self.flops),
-            "search_flops": self.search_flops if len(self.search_flops) > 1 else self.search_flops[0],
-            "generations": self.generations,
-            "population": self.population,
-            "sample_size": self.sample_size,
-            "mutation_rate": self.mutation_rate,
-            "sigma": self.sigma,
-            "tau": self.tau,
-            "tau_lr": self.tau_lr,
-            "safeguard": self.safeguard,
-            "criterion": self.criterion,
-            "round_to": self.round_to,
-            "fitness_batches": self.fitness_batches,
-            "bn_batches": self.bn_batches,
-            "finetune_epochs": self.finetune_epochs,
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "seed": self.seed,
-            "transform": None if self.transform_path is None else os.path.abspath(self.transform_path),
-            "ignored_layers": self.ignored_layers,
-            "customized_pruners": sorted(getattr(k, "__name__", str(k)) for k in self.customized_pruners),
-        }
+    @property
+    def flops(self) -> List[float]:
+        """The budgets, as given."""
+        return list(self.budgets)
 
-    def _path(self, *parts: str) -> str:
-        return os.path.join(self.dirpath, *parts)
+    @property
+    def dirpath(self) -> Optional[str]:
+        return None if self.run is None else self.run.path
 
     # ------------------------------------------------------------------ hooks
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if self.dirpath is None:
-            self.dirpath = os.path.join(trainer.default_root_dir, "legr")
-        self._module_class = f"{type(pl_module).__module__}.{type(pl_module).__qualname__}"
-        self._check_run_file()
+        if self.run is None:
+            self.run = RunDirectory(os.path.join(trainer.default_root_dir, "legr"))
+        self._settings = self._run_settings(trainer, pl_module)
+        self.run.check_settings(self._settings)
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Check everything that can fail before the first training step, and resume a cut-off run."""
         # the checks draw batches: leave the pretraining the random state it would have without LeGR
-        with seeded(self.seed, trainer.strategy.root_device):
+        with seeded(derive_seed(self.seed, CHECKS)):
             self._check_and_resume(trainer, pl_module)
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted:
             return
         with _sigterm_as_interrupt():
             self._compress(trainer, pl_module)
 
+    @override
     def state_dict(self) -> Dict[str, Any]:
         return {
             "results": self.results,
             "transform": None if self.transform is None else self.transform.to_dict(),
         }
 
+    @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.results = list(state_dict.get("results", []))
         if state_dict.get("transform"):
             self.transform = Transform.from_dict(state_dict["transform"])
 
+    # ------------------------------------------------------------------ settings
+    def _run_settings(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Dict[str, Any]:
+        """What makes two runs the same run: a dirpath is only reused with all of these unchanged."""
+        datamodule = trainer.datamodule
+        return {
+            "legr": {
+                "flops": sorted(self.budgets),
+                "search_flops": self.search_budgets if len(self.search_budgets) > 1 else self.search_budgets[0],
+                "generations": self.generations,
+                "population": self.population,
+                "sample_size": self.sample_size,
+                "mutation_rate": self.mutation_rate,
+                "sigma": self.sigma,
+                "tau": self.tau,
+                "tau_lr": self.tau_lr,
+                "safeguard": self.safeguard,
+                "criterion": self._criterion_name,
+                "round_to": self.round_to,
+                "fitness_batches": self.fitness_batches,
+                "bn_batches": self.bn_batches,
+                "finetune_epochs": self.finetune_epochs,
+                "monitor": self.monitor,
+                "mode": self.mode,
+                "seed": self.seed,
+                "transform": self._transform_digest,
+                "ignored_layers": self.ignored_layers,
+                "customized_pruners": sorted(getattr(k, "__name__", str(k)) for k in self.customized_pruners),
+            },
+            "module": {"class": _class_name(pl_module), "hparams": dict(pl_module.hparams)},
+            "datamodule": None if datamodule is None else {"class": _class_name(datamodule), "hparams": dict(datamodule.hparams)},
+            "trainer": {"max_epochs": trainer.max_epochs},
+            "weights": self.pretrained_weights,
+        }
+
     # ------------------------------------------------------------------ checks
     def _check_and_resume(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size > 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"LeGRCallback runs its search in one process, but this Trainer has {trainer.world_size}."
                 " Pretrain with several devices if you like, then load the trained weights"
                 " (model = MyModule.load_from_checkpoint(path)) and run LeGR alone on one device:"
@@ -247,7 +296,7 @@ class LeGRCallback(Callback):
             )
         data = DataSources(trainer)
         if not data.has_validation or trainer.limit_val_batches == 0:
-            raise ValueError(
+            raise ConfigurationError(
                 "LeGRCallback needs validation data: candidates are scored by the module's validation_step."
                 " Give `trainer.fit` a datamodule with `val_dataloader`, `val_dataloaders=...`, or define"
                 " `val_dataloader` in the module (and do not set limit_val_batches=0)."
@@ -255,7 +304,7 @@ class LeGRCallback(Callback):
         resumed = self._resume_pretraining(trainer, pl_module)
         self._example = self._example_input(pl_module, data)
         pruner = self._pruner(pl_module)  # raises if the model cannot be pruned
-        for budget in self.flops + self.search_flops:
+        for budget in self.budgets + self.search_budgets:
             pruner.select(budget)  # raises if the safeguard makes a budget unreachable
         if self.transform_path is not None:
             Transform.load(self.transform_path).check(
@@ -263,43 +312,28 @@ class LeGRCallback(Callback):
             )
         if self.bn_batches:
             batch_inputs(next(iter(data.loader("train"))))  # BatchNorm recalibration can read the batches
-        metrics = Evaluator(trainer, data, self.monitor).metrics(copy.deepcopy(pl_module), batches=1)
+        with quiet():
+            metrics = Evaluator(trainer, data, self.monitor).metrics(copy.deepcopy(pl_module), batches=1)
         if self.monitor not in metrics:
-            raise ValueError(missing_metric_message(self.monitor, metrics))
-        _remove_stale_temporaries(self.dirpath)
+            raise ConfigurationError(missing_metric_message(self.monitor, metrics))
+        self.run.remove_stale_temporaries()
         if resumed:
-            rank_zero_info(f"LeGR: resuming the run in {self.dirpath}; pretrained weights from {BASE_CKPT}.")
-
-    def _check_run_file(self) -> None:
-        path = self._path(RUN_FILE)
-        if not os.path.exists(path):
-            return
-        saved, mine = read_json(path), self._settings()
-        if isinstance(saved.get("flops"), list):
-            saved["flops"] = sorted(saved["flops"])  # written unsorted by earlier versions; order does not matter
-        differs = [k for k in mine if saved.get(k) != mine[k]]
-        if differs:
-            details = ", ".join(f"{k}: {saved.get(k)!r} there, {mine[k]!r} here" for k in differs[:4])
-            raise ValueError(
-                f"`dirpath` {self.dirpath} holds another LeGR run ({details}). Use another dirpath, or delete"
-                " it to start over."
-            )
+            rank_zero_info(f"LeGR: resuming the run in {self.run.path}; pretrained weights from {RunDirectory.BASE}.")
 
     def _resume_pretraining(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """If an earlier run of this command finished pretraining, take its weights and skip training."""
-        base = self._path(BASE_CKPT)
-        if not os.path.exists(base):
+        if not self.run.exists(RunDirectory.BASE):
             return False
-        checkpoint = torch.load(base, map_location=pl_module.device, weights_only=False)
+        checkpoint = load_checkpoint(self.run.file(RunDirectory.BASE))
         try:
             pl_module.load_state_dict(checkpoint["state_dict"])
         except (RuntimeError, KeyError) as err:
             reason = str(err).strip().splitlines()[0]
-            raise ValueError(
-                f"`dirpath` {self.dirpath} holds the {BASE_CKPT} of another model: its weights do not load into"
-                f" this {type(pl_module).__name__} ({reason}). Use another dirpath, or delete it to start over."
+            raise ConfigurationError(
+                f"`dirpath` {self.run.path} holds the {RunDirectory.BASE} of another model: its weights do not load"
+                f" into this {type(pl_module).__name__} ({reason}). Use another dirpath, or delete it to start over."
             ) from err
-        trainer.fit_loop.max_epochs = trainer.fit_loop.epoch_progress.current.processed  # nothing left to train
+        _compat.end_pretraining(trainer)
         return True
 
     def _example_input(self, pl_module: pl.LightningModule, data: DataSources) -> Any:
@@ -317,91 +351,118 @@ class LeGRCallback(Callback):
 
     # ------------------------------------------------------------------ the run
     def _compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        os.makedirs(self.dirpath, exist_ok=True)
-        if not os.path.exists(self._path(RUN_FILE)):
-            write_json(self._path(RUN_FILE), self._settings())
-        if not os.path.exists(self._path(BASE_CKPT)):
-            save_module_checkpoint(pl_module, self._path(BASE_CKPT))
+        run = self.run
+        run.write_settings(self._settings)
+        if not run.exists(RunDirectory.BASE):
+            save_module_checkpoint(pl_module, run.file(RunDirectory.BASE))
         data = DataSources(trainer)
         pruner = self._pruner(pl_module)
         self.transform = self._learn(trainer, pruner, data)
         evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed)
-        base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
-        self.results = [self._measure(1.0, pl_module, base_metric, None, self._path(BASE_CKPT))]
-        done = {r["budget"]: r for r in self._saved_results()}
-        for budget in sorted(self.flops, reverse=True):
+        with quiet():
+            base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
+        self.results = [self._measure(1.0, pl_module, base_metric, None, run.file(RunDirectory.BASE))]
+        done = run.finished()
+        budgets = sorted(self.budgets, reverse=True)
+        for i, budget in enumerate(budgets, 1):
             row = done.get(budget)
-            if row is None or not os.path.exists(row["checkpoint"]):
+            if row is None:
+                rank_zero_info(f"LeGR: fine-tuning {budget:.0%} of the FLOPs, {i} of {len(budgets)}")
                 row = self._compress_one(trainer, pruner, data, evaluator, budget)
+            else:
+                rank_zero_info(
+                    f"LeGR: {budget:.0%} of the FLOPs, {i} of {len(budgets)}, was finished by an earlier run:"
+                    f" {run.relative(row['checkpoint'])}"
+                )
             self.results.append(row)
             self._write_report(pruner)
-        rank_zero_info("\nLeGR results\n" + format_table(self.results, self.monitor) + f"\n(written to {self.dirpath})")
+        if self.latency:
+            self._measure_latency(pl_module)
+            self._write_report(pruner)
+        rank_zero_info("\nLeGR results\n" + format_table(run.portable(self.results), self.monitor, run.path))
 
     def _learn(self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources) -> Transform:
+        run = self.run
         if self.transform_path is not None:
             return Transform.load(self.transform_path)
-        if os.path.exists(self._path(TRANSFORM_FILE)):
-            transform = Transform.load(self._path(TRANSFORM_FILE))
+        if run.exists(RunDirectory.TRANSFORM):
+            transform = Transform.load(run.file(RunDirectory.TRANSFORM))
             transform.check(pruner.structure.signature(), pruner.criterion.name)
             return transform
         sign = 1.0 if self.mode == "min" else -1.0
         score = Evaluator(
             trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches, self.seed
         )
-        device = trainer.strategy.root_device
 
         def fitness(module: pl.LightningModule) -> float:
             # the tau steps' batches come from the global RNG: seeded by the generation, a resumed
             # search gives every candidate the batches the uninterrupted one would have
-            with seeded(derive_seed(self.seed, CANDIDATE_STREAM, search.evolution.generation), device):
-                return sign * score(module)
+            with seeded(derive_seed(self.seed, CANDIDATE, search.evolution.generation)):
+                value = score(module)
+            return sign * value if math.isfinite(value) else math.inf  # NaN or +-inf: the worst, in either mode
 
         search = LeGRSearch(
-            pruner, fitness, self.search_flops, state_path=self._path(STATE_FILE),
-            generations=self.generations, population=self.population, sample_size=self.sample_size,
-            mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
+            pruner, fitness, self.search_budgets, state_path=run.file(RunDirectory.SEARCH_STATE),
+            fitness_name=f"`monitor={self.monitor!r}`", generations=self.generations, population=self.population,
+            sample_size=self.sample_size, mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
+        )
+        summary = pruner.structure.describe()
+        write_text(run.file(RunDirectory.STRUCTURE), summary + "\n")
+        rank_zero_info(
+            f"LeGR: learning the ranking, {self.generations} candidates at"
+            f" {', '.join(f'{b:.0%}' for b in self.search_budgets)} of the FLOPs ({run.relative(run.file(RunDirectory.STRUCTURE))}:"
+            f" {summary.splitlines()[0].rstrip(':')})"
         )
         names = [g.name for g in pruner.structure.groups]
         bar = tqdm(
             total=self.generations, initial=search.evolution.generation, desc="LeGR search", unit="gen",
             disable=trainer.progress_bar_callback is None, dynamic_ncols=True,
         )
+        non_finite = 0
 
         def on_generation(gen: Generation) -> None:
+            nonlocal non_finite
             metrics = {"legr/fitness": sign * gen.fitness, "legr/best": sign * gen.best_fitness}
             metrics["legr/population_mean"] = sign * gen.mean_fitness
+            metrics["legr/non_finite"] = float(gen.non_finite)
             metrics.update({f"legr/width/{n}": float(w) for n, w in zip(names, gen.widths)})
             for logger in trainer.loggers:
                 logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=gen.generation)
+            if gen.non_finite:
+                non_finite += 1
+                rank_zero_info(
+                    f"LeGR: candidate {gen.generation} scored a NaN or infinite {self.monitor}; it counts as the worst"
+                    f" ({non_finite} so far)."
+                )
             bar.update(1)
             bar.set_postfix({f"best {self.monitor}": f"{sign * gen.best_fitness:.4f}"})
 
-        with bar:
+        with bar, quiet():
             transform = search.run(on_generation)
         transform.info.update(monitor=self.monitor, mode=self.mode, best_metric=sign * search.evolution.best_fitness)
-        transform.save(self._path(TRANSFORM_FILE))
+        transform.save(run.file(RunDirectory.TRANSFORM))
         return transform
 
     def _compress_one(
         self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, evaluator: Evaluator, budget: float
     ) -> Dict[str, Any]:
-        directory = self._path(f"flops_{_name(budget)}")
+        directory = self.run.budget_dir(budget)
         module = pruner.prune(budget, self.transform)
-        evaluator.recalibrate(module)
-        before = evaluator(copy.deepcopy(module), recalibrate=False)
-        pruned = save_module_checkpoint(module, os.path.join(directory, PRUNED_CKPT))  # before fine-tuning changes it
+        with quiet():
+            evaluator.recalibrate(module)
+            before = evaluator(copy.deepcopy(module), recalibrate=False)
+        pruned = save_module_checkpoint(module, os.path.join(directory, RunDirectory.PRUNED))  # before fine-tuning
         path, after = pruned, None
         if self.finetune_epochs > 0:
-            last = os.path.join(directory, "last.ckpt")
             path, after = finetune(
                 module, trainer, data, self.finetune_epochs, directory, self.monitor, self.mode,
-                prefix=f"flops_{_name(budget)}", resume_from=last if os.path.exists(last) else None,
+                prefix=f"flops_{budget_name(budget)}", seed=derive_seed(self.seed, FINETUNE, budget),
             )
             if _better(before, after, self.mode):
                 self._warn_finetuning_did_not_help(budget, before, after, pruned)
                 path = pruned
         row = self._measure(budget, module, before, after, path)
-        self._save_result(row)
+        self.run.save_finished(row)
         return row
 
     def _warn_finetuning_did_not_help(self, budget: float, before: float, after: Optional[float], pruned: str) -> None:
@@ -415,41 +476,67 @@ class LeGRCallback(Callback):
 
     def _measure(self, budget: float, module: pl.LightningModule, before: float, after: Optional[float], path: str):
         flops = count_flops(module, self._example)
-        row = {
+        return {
             "budget": budget,
             "flops": flops,
+            "flops_ratio": flops / self.results[0]["flops"] if self.results else 1.0,
             "params": count_params(module),
             "metric_before": before,
             "metric_after": after,
-            "latency_b1_ms": measure_latency(module, self._example, 1) if self.latency else None,
-            "latency_b64_ms": measure_latency(module, self._example, 64) if self.latency else None,
             "checkpoint": os.path.abspath(path),
         }
-        row["flops_ratio"] = flops / self.results[0]["flops"] if self.results else 1.0
-        return row
 
-    def _saved_results(self) -> List[Dict[str, Any]]:
-        path = self._path("budgets.json")
-        return read_json(path) if os.path.exists(path) else []
-
-    def _save_result(self, row: Dict[str, Any]) -> None:
-        rows = [r for r in self._saved_results() if r["budget"] != row["budget"]] + [row]
-        write_json(self._path("budgets.json"), rows)
+    def _measure_latency(self, pl_module: pl.LightningModule) -> None:
+        """Every network of the run, timed side by side (rebuilt from its checkpoint: the table's own files)."""
+        networks = {}
+        for row in self.results:
+            if row["budget"] == 1.0:
+                networks[1.0] = pl_module
+            else:
+                state = load_checkpoint(row["checkpoint"])["state_dict"]
+                networks[row["budget"]] = restore(
+                    copy.deepcopy(pl_module), state_dict=state, customized_pruners=self.customized_pruners or None
+                )
+        rank_zero_info(f"LeGR: measuring the CPU latency of {len(networks)} networks side by side")
+        times = measure_latencies(networks, self._example, LATENCY_BATCHES, threads=self.latency_threads)
+        for row in self.results:
+            row.update(latency_columns(times[row["budget"]]))
 
     def _write_report(self, pruner: LeGRPruner) -> None:
+        run = self.run
         write_results(
-            self.results, self._path("results.csv"), self._path("results.json"),
+            run.portable(self.results), run.file("results.csv"), run.file("results.json"),
             extra={"monitor": self.monitor, "mode": self.mode, "transform": self.transform.to_dict()},
         )
-        plot_metric(self.results, self.monitor, self._path("metric_vs_flops.png"))
+        plot_metric(self.results, self.monitor, run.file("metric_vs_flops.png"))
         groups = pruner.structure.groups
-        for budget in self.flops:
+        for budget in self.budgets:
             if any(r["budget"] == budget for r in self.results):
                 kept = pruner.select(budget, self.transform).widths
                 plot_widths(
                     [g.name for g in groups], [g.width for g in groups], kept,
-                    self._path(f"widths_{_name(budget)}.png"), f"channels kept at {budget:.0%} of the FLOPs",
+                    run.file(f"widths_{budget_name(budget)}.png"), f"channels kept at {budget:.0%} of the FLOPs",
                 )
+
+
+def _check_int(name: str, value: Any, minimum: int, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"`{name}` must be an integer >= {minimum}{' ' + alternative if alternative else ''}, got {value!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _class_name(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _digest(transform: Transform) -> str:
+    """The same for the same transform, wherever its file lies."""
+    data = transform.to_dict()
+    data.pop("info", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _better(value: float, than: Optional[float], mode: str) -> bool:
@@ -459,17 +546,6 @@ def _better(value: float, than: Optional[float], mode: str) -> bool:
     if than is None or not math.isfinite(than):
         return True
     return value < than if mode == "min" else value > than
-
-
-def _name(budget: float) -> str:
-    """Budget in file names: two decimals (flops_0.30), more only when needed (flops_0.333)."""
-    return f"{budget:.2f}" if round(budget, 2) == budget else f"{budget:g}"
-
-
-def _remove_stale_temporaries(dirpath: str) -> None:
-    """Temporary files left by a process killed mid-write (atomic writes never leave a half target)."""
-    for path in glob.glob(os.path.join(dirpath, "**", ".tmp-*"), recursive=True):
-        os.remove(path)
 
 
 @contextlib.contextmanager

@@ -6,12 +6,13 @@ import os
 from typing import Any, Dict, Iterator, Optional, Type, TypeVar
 
 import lightning.pytorch as pl
-import torch
 
-from lightning_legr.core._io import PathLike, save_torch
+from lightning_legr import _compat
+from lightning_legr.core._io import PathLike, load_torch, save_torch
+from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.surgery import RECORD_KEY, pruning_record, restore
 
-__all__ = ["load_pruned", "save_module_checkpoint"]
+__all__ = ["load_pruned", "save_module_checkpoint", "load_checkpoint"]
 
 M = TypeVar("M", bound=pl.LightningModule)
 
@@ -41,20 +42,39 @@ def load_pruned(
         model = lightning_legr.load_pruned("legr/flops_0.50/pruned.ckpt", MyModule)
         trainer.fit(model, datamodule=dm)  # weights only: a fresh optimizer
 
+    The file is loaded with ``weights_only=True``: a checkpoint that holds anything but tensors and
+    plain data is refused before anything in it can run.
+
     Raises:
-        ValueError: if the checkpoint holds no pruning record (it is not a pruned model).
+        ConfigurationError: if the file is not a plain checkpoint, or holds no pruning record (it is
+            not a pruned model).
     """
     with open(path, "rb") as f:
         data = f.read()
-    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(io.BytesIO(data), source=path)
     record = pruning_record(checkpoint.get("state_dict", {}))
     if record is None:
-        raise ValueError(
+        raise ConfigurationError(
             f"{path} holds no pruning record ({RECORD_KEY!r} is not in its state_dict): it is not a model pruned"
             f" by lightning-legr. Load it with {cls.__name__}.load_from_checkpoint instead."
         )
     with _replay_on_load(cls, record, customized_pruners):
-        return cls.load_from_checkpoint(io.BytesIO(data), map_location=map_location, **kwargs)
+        return _compat.load_from_checkpoint(cls, io.BytesIO(data), map_location=map_location, **kwargs)
+
+
+def load_checkpoint(file: Any, source: Optional[PathLike] = None) -> Dict[str, Any]:
+    """A Lightning checkpoint (a path, or a binary file object read from ``source``) loaded onto the CPU
+    with ``weights_only=True``.
+
+    Raises:
+        ConfigurationError: if it is not a plain checkpoint (it would run code when loaded), or holds no
+            ``state_dict``.
+    """
+    name = os.fspath(source if source is not None else file)
+    checkpoint = load_torch(file, name=name)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise ConfigurationError(f"{name} is not a Lightning checkpoint: it has no 'state_dict'.")
+    return checkpoint
 
 
 @contextlib.contextmanager

@@ -12,16 +12,19 @@ name ``LeGRCallback`` works once the class is imported: ``import lightning_legr`
 imports does it.
 """
 
-import os
+import hashlib
+import io
 import sys
 import warnings
 from typing import List, Optional
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_legr import _compat
 from lightning_legr.callback import LeGRCallback
+from lightning_legr.checkpoint import load_checkpoint
+from lightning_legr.core.errors import ConfigurationError
 
 __all__ = ["LeGRTrainer", "LeGRCLI", "main", "DEMO_CONFIG"]
 
@@ -41,14 +44,20 @@ class LeGRTrainer(pl.Trainer):
             model: the LightningModule, with the trained weights or with ``ckpt_path``.
             datamodule: the data (validation is needed; training data for fine-tuning).
             ckpt_path: a checkpoint whose ``state_dict`` holds the trained weights (e.g. a run's ``base.ckpt``);
-                nothing else is read from it.
+                nothing else is read from it, and it is loaded with ``weights_only=True``.
         """
         callbacks = [c for c in self.callbacks if isinstance(c, LeGRCallback)]
         if not callbacks or callbacks[0].transform_path is None:
-            raise ValueError("`prune` needs a LeGRCallback with a saved transform: pass --legr.transform path/to/transform.json")
+            raise ConfigurationError(
+                "`prune` needs a LeGRCallback with a saved transform: pass --legr.transform path/to/transform.json"
+            )
         if ckpt_path is not None:
-            model.load_state_dict(torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"])
-        self.fit_loop.max_epochs = 0  # the model is trained: fit only to run the callback
+            with open(ckpt_path, "rb") as f:
+                data = f.read()
+            model.load_state_dict(load_checkpoint(io.BytesIO(data), source=ckpt_path)["state_dict"])
+            # other weights make another run: a run directory is only reused for these very weights
+            callbacks[0].pretrained_weights = hashlib.sha256(data).hexdigest()[:16]
+        _compat.end_pretraining(self)  # the model is trained: fit only to run the callback
         self.fit(model, datamodule=datamodule)
 
 
@@ -83,13 +92,21 @@ class LeGRCLI(LightningCLI):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    """Entry point of the ``lightning-legr`` console command."""
+    """Entry point of the ``lightning-legr`` console command.
+
+    A bad setting (a :class:`~lightning_legr.core.errors.ConfigurationError`, raised before any compute)
+    is printed as one line, and the command exits with status 2, as for any other bad argument.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo"]:
         argv = ["fit", "--config", DEMO_CONFIG, *argv[1:]]
-    with warnings.catch_warnings():  # we pass sys.argv ourselves, on purpose
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-        LeGRCLI(args=argv)
+    try:
+        with warnings.catch_warnings():  # we pass sys.argv ourselves, on purpose
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            LeGRCLI(args=argv)
+    except ConfigurationError as err:
+        sys.stderr.write(f"lightning-legr: error: {err}\n")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

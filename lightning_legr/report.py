@@ -1,32 +1,36 @@
-"""Results of a LeGR run: CPU latency, a printed table, CSV/JSON files and PNG plots."""
+"""Results of a LeGR run: CPU latency you can believe, a printed table, CSV/JSON files and PNG plots."""
 
 import copy
 import csv
 import io
 import statistics
-import time
-from typing import Any, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
+from torch.utils import benchmark
 
 from lightning_legr.core._io import atomic_path, write_json
 from lightning_legr.core.structure import ExampleInputs, map_tensors, run_model
 
-__all__ = ["measure_latency", "batch_of", "format_table", "write_results", "plot_metric", "plot_widths"]
+__all__ = ["Latency", "measure_latency", "measure_latencies", "batch_of", "format_table", "write_results", "plot_metric",
+           "plot_widths"]
 
 COLUMNS = [
     ("budget", "budget", "{:.2f}"),
     ("flops", "MFLOPs", "{:.2f}"),
     ("flops_ratio", "FLOPs", "{:.1%}"),
-    ("params", "params (K)", "{:.1f}"),
-    ("metric_before", "{monitor} pruned", "{:.4f}"),
-    ("metric_after", "{monitor} tuned", "{:.4f}"),
-    ("latency_b1_ms", "ms @1", "{:.2f}"),
-    ("latency_b64_ms", "ms @64", "{:.1f}"),
+    ("params", "kparams", "{:.1f}"),
+    ("metric_before", "pruned", "{:.4f}"),
+    ("metric_after", "tuned", "{:.4f}"),
+    ("latency_b1_ms", "ms @1", None),
+    ("latency_b64_ms", "ms @64", None),
     ("checkpoint", "checkpoint", "{}"),
 ]
 _SCALE = {"flops": 1e-6, "params": 1e-3}
+LATENCY_BATCHES = (1, 64)
 
 
 def batch_of(example_inputs: ExampleInputs, batch_size: int) -> ExampleInputs:
@@ -41,40 +45,121 @@ def batch_of(example_inputs: ExampleInputs, batch_size: int) -> ExampleInputs:
     return map_tensors(example_inputs, grow)
 
 
-@torch.inference_mode()
+@dataclass
+class Latency:
+    """Wall time of one forward pass: the median over rounds of each round's median, and the
+    interquartile range over the rounds (the spread to read a difference against)."""
+
+    median_ms: float
+    iqr_ms: float
+    rounds: int
+    batch_size: int
+    threads: int
+    device: str = "cpu"
+
+    def __str__(self) -> str:
+        digits = 2 if self.median_ms < 100 else 1
+        return f"{self.median_ms:.{digits}f}\u00b1{self.iqr_ms:.{digits}f}"
+
+
+def measure_latencies(
+    models: Mapping[str, nn.Module],
+    example_inputs: ExampleInputs,
+    batch_sizes: Sequence[int] = LATENCY_BATCHES,
+    threads: int = 1,
+    rounds: int = 5,
+    min_run_time: float = 0.1,
+) -> Dict[str, Dict[int, Latency]]:
+    """CPU latency of several networks, measured side by side.
+
+    Each network runs on a copy in eval mode, contiguous memory and inference mode, with ``threads``
+    threads, timed by :mod:`torch.utils.benchmark` (warm-up, then ``blocked_autorange``). The networks
+    are interleaved in ``rounds`` (in alternating order), so that a busy spell of the machine slows all
+    of them rather than one: compare them by their medians, against their IQRs.
+
+    Example::
+
+        >>> from lightning_legr import prune
+        >>> from lightning_legr.models import cifar_resnet
+        >>> model, x = cifar_resnet(20), torch.randn(1, 3, 32, 32)
+        >>> times = measure_latencies({"full": model, "half": prune(model, x, flops=0.5)}, x, [1], rounds=2,
+        ...                           min_run_time=0.01)
+        >>> times["half"][1].threads, times["half"][1].rounds
+        (1, 2)
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"`threads` must be a positive integer, got {threads!r}")
+    prepared = {name: copy.deepcopy(m).cpu().eval().to(memory_format=torch.contiguous_format) for name, m in models.items()}
+    example = map_tensors(example_inputs, lambda t: t.detach().cpu().contiguous())
+    inputs = {b: batch_of(example, b) for b in batch_sizes}
+    samples: Dict[tuple, List[float]] = {(n, b): [] for n in prepared for b in batch_sizes}
+    with torch.inference_mode():
+        for r in range(rounds):
+            for name in list(prepared) if r % 2 == 0 else list(reversed(prepared)):
+                for b in batch_sizes:
+                    timer = benchmark.Timer(
+                        stmt="run(model, x)", globals={"run": run_model, "model": prepared[name], "x": inputs[b]},
+                        num_threads=threads,
+                    )
+                    samples[(name, b)].append(1000 * timer.blocked_autorange(min_run_time=min_run_time).median)
+    result: Dict[str, Dict[int, Latency]] = {}
+    for (name, b), times in samples.items():
+        q1, q3 = np.percentile(times, [25, 75])
+        result.setdefault(name, {})[b] = Latency(statistics.median(times), float(q3 - q1), rounds, b, threads)
+    return result
+
+
 def measure_latency(
-    model: nn.Module, example_inputs: ExampleInputs, batch_size: int = 1, min_seconds: float = 0.5, warmup: int = 2
-) -> float:
-    """Median wall time of one forward pass on the CPU, in milliseconds (on a copy, in eval mode)."""
-    model = copy.deepcopy(model).cpu().eval()
-    inputs = batch_of(map_tensors(example_inputs, torch.Tensor.cpu), batch_size)
-    for _ in range(warmup):
-        run_model(model, inputs)
-    times: List[float] = []
-    start = time.perf_counter()
-    while len(times) < 5 or (time.perf_counter() - start < min_seconds and len(times) < 200):
-        t0 = time.perf_counter()
-        run_model(model, inputs)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    model: nn.Module, example_inputs: ExampleInputs, batch_size: int = 1, threads: int = 1, rounds: int = 5
+) -> Latency:
+    """CPU latency of one network (see :func:`measure_latencies`, which compares several fairly)."""
+    return measure_latencies({"model": model}, example_inputs, [batch_size], threads, rounds)["model"][batch_size]
 
 
-def _cell(row: Dict[str, Any], key: str, fmt: str) -> str:
+def latency_columns(latencies: Mapping[int, Latency]) -> Dict[str, Any]:
+    """The results-row entries of one network's latencies."""
+    row: Dict[str, Any] = {}
+    for b, lat in latencies.items():
+        row[f"latency_b{b}_ms"] = lat.median_ms
+        row[f"latency_b{b}_iqr_ms"] = lat.iqr_ms
+        row["latency_threads"] = lat.threads
+        row["latency_rounds"] = lat.rounds
+    return row
+
+
+def _cell(row: Dict[str, Any], key: str, fmt: Optional[str]) -> str:
     value = row.get(key)
     if value is None:
         return "-"
+    if fmt is None:  # a latency: median and interquartile range
+        spread = row.get(key.replace("_ms", "_iqr_ms"))
+        digits = 2 if value < 100 else 1
+        return f"{value:.{digits}f}" + ("" if spread is None else f"\u00b1{spread:.{digits}f}")
     if key in _SCALE:
         value = value * _SCALE[key]
     return fmt.format(value)
 
 
-def format_table(rows: Sequence[Dict[str, Any]], monitor: str) -> str:
-    """A plain-text table of the results, one row per budget."""
-    headers = [h.format(monitor=monitor) for _, h, _ in COLUMNS]
+def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[str] = None) -> str:
+    """A plain-text table of the results, one row per budget, under a line that says what the columns are.
+
+    ``where``: the folder the checkpoint paths are relative to.
+    """
+    headers = [h for _, h, _ in COLUMNS]
     cells = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda items: "  ".join(s.rjust(w) if i < len(items) - 1 else s for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+    notes = [f"pruned / tuned: {monitor} after pruning (BatchNorm re-estimated) / after fine-tuning"]
+    timed = next((r for r in rows if r.get("latency_threads")), None)
+    if timed is not None:
+        threads = timed["latency_threads"]
+        notes.append(
+            f"ms @1 / @64: CPU latency at batch 1 / 64, {threads} thread{'s' if threads > 1 else ''},"
+            f" median\u00b1IQR of {timed['latency_rounds']} rounds"
+        )
+    if where:
+        notes.append(f"checkpoints in {where}")
+    return "\n".join([*notes, line(headers), line(["-" * w for w in widths]), *(line(c) for c in cells)])
 
 
 def write_results(rows: Sequence[Dict[str, Any]], csv_path: str, json_path: str, extra: Optional[dict] = None) -> None:

@@ -23,6 +23,7 @@ def test_core_speed_smoke(capsys):
     assert "ptflops vs budget, worst relative error" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shared", [True, False])
 def test_cifar10_benchmark_smoke(tmp_path, capsys, shared):
     args = ["--smoke", "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")]
@@ -48,6 +49,7 @@ def test_bn_recalibration_smoke(capsys, monkeypatch):
     assert len(rows) == 1
 
 
+@pytest.mark.slow
 def test_cifar10_benchmark_resumes_an_interrupted_run(tmp_path, capsys):
     bench = load("legr_cifar10")
     common = ["--smoke", "--out", str(tmp_path), "--data", str(tmp_path / "none.tar.xz"), "--budgets", "0.5", "0.3"]
@@ -73,3 +75,10 @@ def test_cifar10_benchmark_resumes_an_interrupted_run(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="other settings"):  # refused before any data is loaded
         bench.main(common + ["--methods", "l2", "--resume", "--tau-lr", "0.1"])
+
+
+def test_latency_spread_smoke(capsys):
+    assert load("latency_spread").main(["--smoke", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("spread (max - min)") == 2 and "side by side" in out
+    assert len([line for line in out.splitlines() if "% FLOPs" in line]) == 3

@@ -51,7 +51,7 @@ def test_resume_training_from_a_pruned_checkpoint(tmp_path):
     # checkpoints saved by any trainer carry the pruning record in the state dict
     again = str(tmp_path / "again.ckpt")
     resumed.save_checkpoint(again)
-    assert pruning_record(torch.load(again, weights_only=False)["state_dict"]) == pruning_record(model)
+    assert pruning_record(torch.load(again, weights_only=True)["state_dict"]) == pruning_record(model)
 
 
 def test_kwargs_override_saved_hyperparameters(tmp_path):

@@ -1,6 +1,7 @@
 """The command line: LightningCLI flags, the lightning-legr command, its prune subcommand and the demo config."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -86,6 +87,7 @@ USER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_short_callback_name_in_a_user_script_after_import_lightning_legr(tmp_path):
     """A fresh process, so that no import made by the tests registers the class."""
     dirpath = tmp_path / "legr"
@@ -111,13 +113,21 @@ def test_lightning_cli_rejects_a_bad_budget():
                      args=["--trainer.callbacks+=LeGRCallback", "--trainer.callbacks.flops=[1.5]"])
 
 
-def test_console_command_fit_then_prune_with_the_saved_transform(tmp_path):
+def test_console_command_fit_then_prune_with_the_saved_transform(tmp_path, capsys):
     run = tmp_path / "run"
     main(["fit", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}",
           f"--legr.dirpath={run}", "--legr.flops=[0.4,0.7]"])
     results = json.loads((run / "results.json").read_text())["results"]
     assert [r["budget"] for r in results] == [1.0, 0.7, 0.4]
     transform = Transform.load(run / "transform.json")
+
+    # the same command with another recipe is another run: refused, naming what differs, not "resumed"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}",
+              f"--legr.dirpath={run}", "--legr.flops=[0.4,0.7]", "--model.init_args.lr=0.5", "--trainer.max_epochs=3"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "module.hparams.lr: 0.05 there, 0.5 here; trainer.max_epochs: 1 there, 3 here" in err
 
     again = tmp_path / "again"
     main(["prune", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={again}",
@@ -149,15 +159,42 @@ def test_prune_a_checkpoint_saved_from_python(tmp_path, saver):
 
     main(["prune", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}", f"--ckpt_path={path}",
           f"--legr.transform={transform}", f"--legr.dirpath={tmp_path / 'run'}", "--legr.flops=[0.5]"])
-    base = torch.load(tmp_path / "run" / "base.ckpt", weights_only=False)["state_dict"]
+    base = torch.load(tmp_path / "run" / "base.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(base[k], v) for k, v in module.state_dict().items())  # the checkpoint's weights
     assert json.loads((tmp_path / "run" / "results.json").read_text())["results"][1]["budget"] == 0.5
 
 
-def test_prune_subcommand_needs_a_transform(tmp_path):
-    with pytest.raises(ValueError, match="--legr.transform"):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--legr.flops", "[0.3, 2]"], r"`flops` must be in \(0, 1\], a fraction of the original FLOPs .* got 2\.0"),
+        (["--legr.mode", "foo"], "`mode` can be min or max, got 'foo'"),
+        (["--legr.generations", "0"], "`generations` must be an integer >= 1, got 0"),
+        (["--legr.transform", "no/such/transform.json"], "No transform file at no/such/transform.json"),
+        (["--legr.flops", "[0.5, 1.0]"], r"`flops` lists 1\.0, the unpruned model"),
+    ],
+    ids=["flops", "mode", "generations", "transform", "unpruned"],
+)
+def test_a_bad_value_is_one_line_and_exit_status_2(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}", *args])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lightning-legr: error: "), captured.err
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "legr").exists() and "Epoch" not in captured.out  # nothing ran, nothing written
+
+
+def test_prune_subcommand_needs_a_transform(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["prune", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}",
               f"--legr.dirpath={tmp_path / 'x'}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "lightning-legr: error: `prune` needs a LeGRCallback with a saved transform: pass --legr.transform"
+        " path/to/transform.json"
+    ]
 
 
 def test_demo_config_parses_with_the_documented_defaults():

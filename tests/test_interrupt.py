@@ -33,6 +33,7 @@ def start(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_interrupted_search_then_resume(tmp_path, signum):
     state = tmp_path / "legr" / "search_state.json"

@@ -15,6 +15,7 @@ from typing import Dict, Type, Union
 import torch
 from torch import nn
 
+from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import ChannelGroup, GroupMember
 
 __all__ = [
@@ -143,5 +144,5 @@ def get_criterion(criterion: Union[str, Criterion]) -> Criterion:
     if isinstance(criterion, Criterion):
         return criterion
     if criterion not in CRITERIA:
-        raise ValueError(f"`criterion` can be {', '.join(CRITERIA)} or a Criterion instance, got {criterion!r}")
+        raise ConfigurationError(f"`criterion` can be {', '.join(CRITERIA)} or a Criterion instance, got {criterion!r}")
     return CRITERIA[criterion]()

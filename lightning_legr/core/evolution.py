@@ -5,9 +5,12 @@ its fitness (lower is better) and tells it back.
 """
 
 import math
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+
+from lightning_legr.core.errors import ConfigurationError
 
 __all__ = ["RegularizedEvolution"]
 
@@ -32,7 +35,11 @@ class RegularizedEvolution:
         mutation_rate: share of groups mutated in a child (at least one).
         sigma: standard deviation of log-alpha mutations.
         min_step: where the mutation step ends after ``generations``.
-        seed: seed of the run; the same seed gives the same candidates.
+        seed: seed of the run (an integer >= 0); the same seed gives the same candidates.
+
+    Raises:
+        ConfigurationError: for a setting out of range. A warning says when ``generations`` does not
+            exceed ``population``: then every candidate is a random one and nothing evolves.
 
     Example::
 
@@ -58,14 +65,23 @@ class RegularizedEvolution:
         _check_int("generations", generations, 1)
         _check_int("population", population, 1)
         _check_int("sample_size", sample_size, 1)
+        _check_int("seed", seed, 0)
         if sample_size > population:
-            raise ValueError(f"`sample_size` ({sample_size}) cannot exceed `population` ({population})")
-        if not 0 < mutation_rate <= 1:
-            raise ValueError(f"`mutation_rate` must be in (0, 1] (share of groups mutated), got {mutation_rate}")
-        if not sigma > 0:
-            raise ValueError(f"`sigma` must be positive, got {sigma}")
-        if not 0 <= min_step <= 1:
-            raise ValueError(f"`min_step` must be in [0, 1], got {min_step}")
+            raise ConfigurationError(f"`sample_size` ({sample_size}) cannot exceed `population` ({population})")
+        if not _is_real(mutation_rate) or not 0 < mutation_rate <= 1:
+            raise ConfigurationError(f"`mutation_rate` must be in (0, 1] (share of groups mutated), got {mutation_rate!r}")
+        if not _is_real(sigma) or not math.isfinite(sigma) or sigma <= 0:
+            raise ConfigurationError(f"`sigma` must be a finite number > 0 (the spread of log-alpha mutations), got {sigma!r}")
+        if not _is_real(min_step) or not 0 <= min_step <= 1:
+            raise ConfigurationError(f"`min_step` must be in [0, 1], got {min_step!r}")
+        if generations <= population:
+            warnings.warn(
+                f"`generations` ({generations}) <= `population` ({population}): every candidate is a random member of"
+                " the initial population and nothing evolves. Raise `generations` (the paper uses 400 with a"
+                " population of 64) or lower `population`.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.kappa_scale = np.asarray(kappa_scale, dtype=np.float64)
         self.num_groups = len(self.kappa_scale)
         self.generations = generations
@@ -126,11 +142,12 @@ class RegularizedEvolution:
         return alpha, kappa
 
     def tell(self, fitness: float) -> None:
-        """Report the fitness (lower is better) of the last asked candidate. NaN counts as worst."""
+        """Report the fitness (lower is better) of the last asked candidate. NaN or infinite (either sign)
+        counts as the worst: a broken metric must never win."""
         if self._pending is None:
             raise RuntimeError("`tell` needs a candidate from `ask` first.")
         fitness = float(fitness)
-        if math.isnan(fitness):
+        if not math.isfinite(fitness):
             fitness = math.inf
         alpha, kappa = self._pending
         if len(self.fitness) < self.population:
@@ -157,10 +174,11 @@ class RegularizedEvolution:
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to resume exactly: settings, population, ages, fitness, RNG, generation.
 
-        JSON-serializable. A candidate asked but not yet told is not saved: after a restore, ``ask``
-        draws the very same candidate again from the restored RNG.
+        Strict JSON: a non-finite fitness (a candidate whose metric was NaN or infinite, the worst) is
+        ``null``. A candidate asked but not yet told is not saved: after a restore, ``ask`` draws the
+        very same candidate again from the restored RNG.
         """
-        return {
+        state = {
             "settings": self._settings(),
             "generation": self.generation,
             "rng": self.rng.bit_generator.state if self._pending is None else self._rng_before_ask,
@@ -178,6 +196,9 @@ class RegularizedEvolution:
             },
             "history": [[_json_float(v) for v in h] for h in self.history],
         }
+        if not (np.isfinite(self.fitness).all() and all(math.isfinite(v) for h in self.history for v in h)):
+            state["note"] = "a null fitness was NaN or infinite: that candidate counts as the worst"
+        return state
 
     def _settings(self) -> Dict[str, Any]:
         return {
@@ -197,29 +218,38 @@ class RegularizedEvolution:
         mine = self._settings()
         if saved != mine:
             diff = [k for k in mine if saved.get(k) != mine[k]]
-            raise ValueError(f"The saved search state was made with different settings ({', '.join(diff)}).")
+            raise ConfigurationError(f"The saved search state was made with different settings ({', '.join(diff)}).")
         self.generation = int(state["generation"])
         self.rng.bit_generator.state = state["rng"]
         self.alphas = np.asarray(state["alphas"], dtype=np.float64).reshape(-1, self.num_groups)
         self.kappas = np.asarray(state["kappas"], dtype=np.float64).reshape(-1, self.num_groups)
-        self.fitness = np.asarray([float(f) for f in state["fitness"]], dtype=np.float64)
+        self.fitness = np.asarray([_float(f) for f in state["fitness"]], dtype=np.float64)
         self.born = np.asarray(state["born"], dtype=np.int64)
         best = state["best"]
         self.best = (
             None
             if best is None
-            else (np.asarray(best["alpha"]), np.asarray(best["kappa"]), float(best["fitness"]), int(best["generation"]))
+            else (np.asarray(best["alpha"]), np.asarray(best["kappa"]), _float(best["fitness"]), int(best["generation"]))
         )
-        self.history = [tuple(float(v) for v in h) for h in state["history"]]
+        self.history = [tuple(_float(v) for v in h) for h in state["history"]]
         self._pending = None
 
 
-def _json_float(value: float) -> Any:
-    """JSON has no infinity: store non-finite floats as strings float() reads back."""
+def _json_float(value: float) -> Optional[float]:
+    """JSON has no NaN or infinity: a non-finite fitness (always counted as the worst) is stored as null."""
     value = float(value)
-    return value if math.isfinite(value) else str(value)
+    return value if math.isfinite(value) else None
+
+
+def _float(value: Any) -> float:
+    """Read back :func:`_json_float` (and the strings "inf" earlier versions wrote)."""
+    return math.inf if value is None else float(value)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+        raise ConfigurationError(f"`{name}` must be an integer >= {minimum}, got {value!r}")

@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from lightning_legr.core._io import PathLike, read_json, write_json
+from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
 from lightning_legr.core.pruner import LeGRPruner
 from lightning_legr.core.selection import check_budget
@@ -23,18 +24,26 @@ STATE_FORMAT = "lightning-legr/search-state"
 Fitness = Callable[[nn.Module], float]
 
 
-def check_budgets(flops: Union[float, Sequence[float]], name: str = "flops") -> list:
-    """Validate a budget or a list of budgets: numbers in (0, 1], at least one, no duplicates."""
-    if isinstance(flops, np.ndarray) and flops.ndim == 0:
-        flops = flops.item()
-    iterable = hasattr(flops, "__iter__") and not isinstance(flops, (str, numbers.Real))
-    budgets = list(flops) if iterable else [flops]
+def check_budgets(budgets: Union[float, Sequence[float]], name: str = "flops", unpruned: bool = True) -> list:
+    """Validate a budget or a list of budgets: numbers in (0, 1], at least one, no duplicates.
+
+    ``unpruned=False`` refuses 1.0 too, where a run lists the unpruned model on its own.
+    """
+    if isinstance(budgets, np.ndarray) and budgets.ndim == 0:
+        budgets = budgets.item()
+    iterable = hasattr(budgets, "__iter__") and not isinstance(budgets, (str, numbers.Real))
+    budgets = list(budgets) if iterable else [budgets]
     if not budgets:
-        raise ValueError(f"`{name}` is empty: give at least one budget in (0, 1], e.g. {name}=[0.3, 0.5, 0.7]")
-    budgets = [check_budget(f, name) for f in budgets]
-    duplicated = sorted({f for f in budgets if budgets.count(f) > 1})
+        raise ConfigurationError(f"`{name}` is empty: give at least one budget in (0, 1], e.g. {name}=[0.3, 0.5, 0.7]")
+    budgets = [check_budget(b, name) for b in budgets]
+    duplicated = sorted({b for b in budgets if budgets.count(b) > 1})
     if duplicated:
-        raise ValueError(f"`{name}` lists {duplicated} more than once; give each budget once.")
+        raise ConfigurationError(f"`{name}` lists {duplicated} more than once; give each budget once.")
+    if not unpruned and 1.0 in budgets:
+        raise ConfigurationError(
+            f"`{name}` lists 1.0, the unpruned model, which is always the first row of the results already;"
+            " give budgets below 1, e.g. [0.3, 0.5, 0.7]."
+        )
     return budgets
 
 
@@ -43,12 +52,13 @@ class Generation:
     """What one generation of the search produced."""
 
     generation: int
-    fitness: float
+    fitness: float  # inf when the candidate's fitness was NaN or infinite (counted as the worst)
     best_fitness: float
     mean_fitness: float
     widths: np.ndarray  # at the smallest search budget
-    flops: float  # fraction of the FLOPs kept at the smallest search budget
+    ratio: float  # fraction of the FLOPs kept at the smallest search budget
     seconds: float
+    non_finite: bool = False  # the fitness function returned NaN or an infinity
 
 
 class LeGRSearch:
@@ -57,13 +67,16 @@ class LeGRSearch:
 
     Args:
         pruner: the model's :class:`~lightning_legr.core.pruner.LeGRPruner`.
-        fitness: called with each candidate's pruned copy; returns a float, lower is better.
+        fitness: called with each candidate's pruned copy; returns a float, lower is better. NaN or
+            an infinity counts as the worst candidate; if every candidate of the initial population
+            gets one, the search stops with an error.
         flops: the budget candidates are pruned to: the paper uses the smallest of the budgets you
             want. Several budgets: a candidate's fitness is the mean over them (one pruned copy
             each), which keeps the ranking good at all of them when the smallest is so aggressive
             that every candidate there is near chance (see docs/benchmarks.md).
         state_path: a JSON file the search's state is written to after every generation; if it
             exists, the search resumes from it. ``None``: no file.
+        fitness_name: what the fitness is, for error messages (e.g. "`monitor='val_loss'`").
         **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
             ``min_step``, ``seed`` of :class:`~lightning_legr.core.evolution.RegularizedEvolution`.
 
@@ -86,14 +99,16 @@ class LeGRSearch:
         fitness: Fitness,
         flops: Union[float, Sequence[float]],
         state_path: Optional[PathLike] = None,
+        fitness_name: str = "the fitness",
         **evolution: Any,
     ) -> None:
         if not callable(fitness):
             raise TypeError(f"`fitness` must be a callable (pruned model -> float), got {type(fitness).__name__}")
         self.pruner = pruner
         self.fitness = fitness
-        self.flops = sorted(check_budgets(flops))
-        for budget in self.flops:
+        self.fitness_name = fitness_name
+        self.budgets = sorted(check_budgets(flops))
+        for budget in self.budgets:
             self.pruner.select(budget)  # an unreachable budget fails here, before any evaluation
         self.evolution = RegularizedEvolution(pruner.score_spread(), **evolution)
         self.state_path = None if state_path is None else os.fspath(state_path)
@@ -108,16 +123,28 @@ class LeGRSearch:
         """Evaluate one candidate; write the state file if there is one."""
         start = time.perf_counter()
         transform = self._transform(*self.evolution.ask())
-        selections = [self.pruner.select(budget, transform) for budget in self.flops]
+        selections = [self.pruner.select(budget, transform) for budget in self.budgets]
         fitness = float(np.mean([float(self.fitness(self.pruner.apply(s))) for s in selections]))
         self.evolution.tell(fitness)
+        self._check_some_finite()
         if self.state_path:
             write_json(self.state_path, self.state_dict())
-        _, best, mean = self.evolution.history[-1]
+        told, best, mean = self.evolution.history[-1]
         return Generation(
-            self.evolution.generation - 1, fitness, best, mean, selections[0].widths, selections[0].ratio,
-            time.perf_counter() - start,
+            self.evolution.generation - 1, told, best, mean, selections[0].widths, selections[0].ratio,
+            time.perf_counter() - start, non_finite=not math.isfinite(fitness),
         )
+
+    def _check_some_finite(self) -> None:
+        evolution = self.evolution
+        if evolution.generation >= min(evolution.population, evolution.generations) and not np.isfinite(
+            [h[0] for h in evolution.history]
+        ).any():
+            raise ValueError(
+                f"Every one of the {evolution.generation} candidates so far scored NaN or infinity on"
+                f" {self.fitness_name}, so the search cannot rank them. Check that the metric is finite for the"
+                " unpruned model and for a pruned one (e.g. a loss that divides by a count, or an empty batch)."
+            )
 
     def run(self, on_generation: Optional[Callable[[Generation], None]] = None) -> Transform:
         """Run the remaining generations and return the best transform."""
@@ -136,7 +163,7 @@ class LeGRSearch:
         info = {
             "fitness": fitness if math.isfinite(fitness) else None,
             "generation": generation,
-            "search_flops": self.flops if len(self.flops) > 1 else self.flops[0],
+            "search_flops": self.budgets if len(self.budgets) > 1 else self.budgets[0],
             "generations": self.evolution.generations,
             "population": self.evolution.population,
             "seed": self.evolution.seed,
@@ -154,7 +181,7 @@ class LeGRSearch:
             "criterion": self.pruner.criterion.name,
             "safeguard": self.pruner.safeguard,
             "round_to": self.pruner.round_to,
-            "flops": self.flops,
+            "budgets": self.budgets,
             "evolution": self.evolution.state_dict(),
         }
 
@@ -162,18 +189,18 @@ class LeGRSearch:
         """Resume from a saved state; refuse one that belongs to a different search."""
         where = self.state_path or "The saved search state"
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"{where} is not a lightning-legr search state.")
+            raise ConfigurationError(f"{where} is not a lightning-legr search state.")
         mine = self.state_dict()
-        differs = [k for k in ("groups", "criterion", "safeguard", "round_to", "flops") if state.get(k) != mine[k]]
+        differs = [k for k in ("groups", "criterion", "safeguard", "round_to", "budgets") if state.get(k) != mine[k]]
         if differs:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{where} belongs to another search (different {', '.join(differs)}). Use another state path"
                 " (or dirpath), or delete it to start over."
             )
         try:
             self.evolution.load_state_dict(state["evolution"])
         except ValueError as err:
-            raise ValueError(f"{where} belongs to another search: {err} Use another path, or delete it.") from None
+            raise ConfigurationError(f"{where} belongs to another search: {err} Use another path, or delete it.") from None
 
 
 def learn_transform(

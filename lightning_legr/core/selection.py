@@ -7,10 +7,11 @@ from typing import List, Sequence
 
 import numpy as np
 
+from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.flops import FlopModel
 from lightning_legr.core.structure import Structure
 
-__all__ = ["Selection", "Selector", "check_budget"]
+__all__ = ["Selection", "Selector", "check_budget", "check_safeguard", "check_round_to"]
 
 
 def _sum_columns(incidence: np.ndarray, column_unit: np.ndarray, units: int) -> np.ndarray:
@@ -20,17 +21,29 @@ def _sum_columns(incidence: np.ndarray, column_unit: np.ndarray, units: int) -> 
     return summed[:units].T.copy()
 
 
-def check_budget(flops: float, name: str = "flops") -> float:
+def check_budget(budget: float, name: str = "flops") -> float:
     """Validate one budget, a fraction of the original FLOPs in (0, 1]."""
-    if isinstance(flops, np.ndarray) and flops.ndim == 0:
-        flops = flops.item()
-    if isinstance(flops, bool) or not isinstance(flops, numbers.Real) or not math.isfinite(flops):
-        raise ValueError(f"`{name}` must be a number in (0, 1] (a fraction of the original FLOPs), got {flops!r}")
-    if not 0 < flops <= 1:
-        raise ValueError(
-            f"`{name}` must be in (0, 1], a fraction of the original FLOPs to keep (0.5 keeps half), got {flops}"
+    if isinstance(budget, np.ndarray) and budget.ndim == 0:
+        budget = budget.item()
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not math.isfinite(budget):
+        raise ConfigurationError(f"`{name}` must be a number in (0, 1] (a fraction of the original FLOPs), got {budget!r}")
+    if not 0 < budget <= 1:
+        raise ConfigurationError(
+            f"`{name}` must be in (0, 1], a fraction of the original FLOPs to keep (0.5 keeps half), got {budget}"
         )
-    return float(flops)
+    return float(budget)
+
+
+def check_safeguard(safeguard: float) -> float:
+    if isinstance(safeguard, bool) or not isinstance(safeguard, numbers.Real) or not 0 <= safeguard <= 1:
+        raise ConfigurationError(f"`safeguard` must be in [0, 1] (the share of each group always kept), got {safeguard!r}")
+    return float(safeguard)
+
+
+def check_round_to(round_to: int) -> int:
+    if isinstance(round_to, bool) or not isinstance(round_to, (int, np.integer)) or round_to < 1:
+        raise ConfigurationError(f"`round_to` must be a positive integer, got {round_to!r}")
+    return int(round_to)
 
 
 @dataclass
@@ -70,10 +83,7 @@ class Selector:
         safeguard: float = 0.1,
         round_to: int = 1,
     ) -> None:
-        if not 0 <= safeguard <= 1:
-            raise ValueError(f"`safeguard` must be in [0, 1] (the share of each group always kept), got {safeguard}")
-        if not isinstance(round_to, int) or round_to < 1:
-            raise ValueError(f"`round_to` must be a positive integer, got {round_to!r}")
+        safeguard, round_to = check_safeguard(safeguard), check_round_to(round_to)
         self.flop_model = flop_model
         self.widths = structure.widths
         self.num_channels = structure.num_channels
@@ -126,7 +136,7 @@ class Selector:
             count = 0
         elif len(fits) == 0:
             lowest = (prefix[-1] if len(prefix) else total) / total
-            raise ValueError(
+            raise ConfigurationError(
                 f"A FLOP budget of {budget:g} cannot be reached: keeping max(safeguard x width, 1) channels"
                 f" of every group leaves at least {lowest:.4f} of the FLOPs. Raise the budget to {lowest:.4f}"
                 " or more, or lower `safeguard`."

@@ -10,9 +10,10 @@ import torch_pruning as tp
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
 
-__all__ = ["GroupMember", "ChannelGroup", "Structure", "ExampleInputs", "run_model", "map_tensors"]
+__all__ = ["GroupMember", "ChannelGroup", "Structure", "ExampleInputs", "run_model", "map_tensors", "check_layer_list"]
 
 ExampleInputs = Union[torch.Tensor, Sequence[torch.Tensor], Dict[str, Any]]
 FLOP_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -129,7 +130,7 @@ class Structure:
         self.groups, self.skipped = self._collect_groups()
         if not self.groups:
             reasons = "; ".join(f"{name}: {why}" for name, why in self.skipped[:5]) or "it has no convolution"
-            raise ValueError(
+            raise ConfigurationError(
                 f"{type(model).__name__} has no prunable convolution ({reasons}). LeGR prunes the filters of"
                 " convolutions whose output channels do not reach the model's output."
             )
@@ -137,13 +138,14 @@ class Structure:
 
     # ------------------------------------------------------------------ construction
     def _resolve_ignored(self, ignored_layers) -> set:
+        check_layer_list(ignored_layers)
         named = dict(self.model.named_modules())
         ignored = set()
         for layer in ignored_layers or ():
             if isinstance(layer, str):
                 if layer not in named:
                     close = [n for n in named if n and layer.split(".")[-1] in n][:5]
-                    raise ValueError(
+                    raise ConfigurationError(
                         f"`ignored_layers` names {layer!r}, which is not a module of the model."
                         f" Names look like {close or list(named)[1:6]}."
                     )
@@ -169,7 +171,7 @@ class Structure:
             with _eval_mode(self.model), torch.no_grad(), detector:
                 run_model(self.model, self.example_inputs)
         except Exception as err:  # noqa: BLE001 - any failure means the example does not fit the model
-            raise ValueError(
+            raise ConfigurationError(
                 f"The example input does not run through {type(self.model).__name__}: {type(err).__name__}: {err}."
                 " Pass an input of the shape the model expects (e.g. torch.randn(1, 3, 32, 32) for CIFAR),"
                 " a tuple for several positional inputs, or a dict of keyword inputs."
@@ -179,7 +181,7 @@ class Structure:
                 h.remove()
         if detector.found:
             shape, pad = detector.found[0]
-            raise ValueError(
+            raise ConfigurationError(
                 f"The model pads channels with F.pad (input {shape}, pad {pad}), e.g. an option-A ResNet shortcut."
                 " torch-pruning treats that as an identity and would break the shapes. Replace it with"
                 " `lightning_legr.ZeroPadShortcut(in_channels, out_channels, stride)`, which computes the same"
@@ -268,6 +270,14 @@ class Structure:
         for name, why in self.skipped:
             lines.append(f"  not pruned: {name} ({why})")
         return "\n".join(lines)
+
+
+def check_layer_list(layers: Any, name: str = "ignored_layers") -> None:
+    """Refuse a single string where a list of module names is meant (it would be read letter by letter)."""
+    if isinstance(layers, str):
+        raise ConfigurationError(
+            f"`{name}` must be a list of module names, got the string {layers!r}; write [{layers!r}]."
+        )
 
 
 def _mark_outputs(outputs: Any) -> list:

@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from lightning_legr.core._io import PathLike, read_json, write_json
+from lightning_legr.core.errors import ConfigurationError, MissingFileError
 
 __all__ = ["Transform"]
 
@@ -66,13 +67,13 @@ class Transform:
             )
             mine = self.groups[first] if first < len(self.groups) else "nothing"
             theirs = groups[first] if first < len(groups) else "nothing"
-            raise ValueError(
+            raise ConfigurationError(
                 f"{source} was learned on another model: it has {len(self.groups)} channel groups, this model"
                 f" has {len(groups)}; group {first} is {mine} there and {theirs} here. Learn a transform for"
                 " this model (or load the matching model)."
             )
         if self.criterion != criterion:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{source} was learned with criterion {self.criterion!r}, but the pruner uses {criterion!r};"
                 f" pass criterion={self.criterion!r}."
             )
@@ -93,9 +94,9 @@ class Transform:
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str = "transform") -> "Transform":
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{source} is not a lightning-legr transform file (no 'format': '{FORMAT}').")
+            raise ConfigurationError(f"{source} is not a lightning-legr transform file (no 'format': '{FORMAT}').")
         if data.get("version", 0) > VERSION:
-            raise ValueError(f"{source} has version {data['version']}; this lightning-legr reads up to {VERSION}.")
+            raise ConfigurationError(f"{source} has version {data['version']}; this lightning-legr reads up to {VERSION}.")
         groups = data["groups"]
         return cls(
             alpha=[g["alpha"] for g in groups],
@@ -115,9 +116,9 @@ class Transform:
         try:
             data = read_json(path)
         except FileNotFoundError:
-            raise FileNotFoundError(f"No transform file at {path}") from None
+            raise MissingFileError(f"No transform file at {path}") from None
         except ValueError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+            raise ConfigurationError(f"{path} is not valid JSON: {err}") from None
         return cls.from_dict(data, source=str(path))
 
     def __repr__(self) -> str:

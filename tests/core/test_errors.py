@@ -57,7 +57,7 @@ def test_numpy_float32_budget_is_accepted(pruner):
 def test_zero_dimensional_array_budgets_are_accepted(pruner):
     assert pruner.select(np.array(0.5)).ratio <= 0.5
     search = LeGRSearch(pruner, lambda m: 0.0, np.array(0.4), generations=1, population=1, sample_size=1)
-    assert search.flops == [0.4]
+    assert search.budgets == [0.4]
 
 
 def test_unreachable_budget(pruner):

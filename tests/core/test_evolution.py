@@ -2,11 +2,13 @@
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 from lightning_legr import RegularizedEvolution
+from lightning_legr.core.errors import ConfigurationError
 
 SCALE = np.linspace(0.5, 2.0, 20)
 
@@ -223,10 +225,42 @@ def test_finds_a_better_candidate_than_the_identity():
         (dict(sample_size=9), r"`sample_size` \(9\) cannot exceed `population` \(8\)"),
         (dict(mutation_rate=0.0), r"`mutation_rate` must be in \(0, 1\]"),
         (dict(mutation_rate=1.5), r"`mutation_rate` must be in \(0, 1\]"),
-        (dict(sigma=0.0), "`sigma` must be positive"),
+        (dict(sigma=0.0), r"`sigma` must be a finite number > 0 .*got 0\.0"),
+        (dict(sigma=float("nan")), r"`sigma` must be a finite number > 0 .*got nan"),
+        (dict(sigma=float("inf")), r"`sigma` must be a finite number > 0 .*got inf"),
+        (dict(sigma="1"), r"`sigma` must be a finite number > 0 .*got '1'"),
         (dict(min_step=1.5), r"`min_step` must be in \[0, 1\]"),
+        (dict(seed=-1), "`seed` must be an integer >= 0, got -1"),
+        (dict(seed=1.5), "`seed` must be an integer >= 0, got 1.5"),
+        (dict(seed=True), "`seed` must be an integer >= 0, got True"),
     ],
 )
 def test_invalid_settings(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigurationError, match=match):
         make(**kwargs)
+
+
+def test_no_evolution_without_more_generations_than_population_is_warned():
+    with pytest.warns(UserWarning, match=r"`generations` \(8\) <= `population` \(8\): .* nothing evolves"):
+        make(generations=8, population=8, sample_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(generations=9, population=8, sample_size=2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_fitness_is_the_worst_and_the_state_is_strict_json(bad):
+    evo = make(generations=12, population=4, sample_size=4)
+    alpha, _ = evo.ask()
+    evo.tell(bad)  # the identity, but its metric is broken
+    for _ in range(3):
+        evo.ask()
+        evo.tell(1.0)
+    assert evo.fitness[0] == np.inf and evo.best_fitness == 1.0 and evo.best[3] == 1
+    text = json.dumps(evo.state_dict(), allow_nan=False)  # raises on NaN or Infinity
+    state = json.loads(text)
+    assert state["fitness"][0] is None and state["history"][0][0] is None and "NaN or infinite" in state["note"]
+    again = make(generations=12, population=4, sample_size=4)
+    again.load_state_dict(state)
+    assert again.fitness[0] == np.inf
+    assert np.array_equal(again.ask()[0], evo.ask()[0])  # the tournament never picks the broken member first

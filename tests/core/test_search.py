@@ -52,7 +52,7 @@ def uninterrupted(pruner, reference):
 def test_search_runs_and_reports(uninterrupted, pruner):
     search, transform, generations = uninterrupted
     assert [g.generation for g in generations] == list(range(9))
-    assert all(g.flops <= 0.5 * (1 + 1e-9) for g in generations)
+    assert all(g.ratio <= 0.5 * (1 + 1e-9) for g in generations)
     assert generations[0].widths.tolist() == pruner.select(0.5).widths.tolist()  # candidate 0: identity
     assert generations[-1].best_fitness == min(g.fitness for g in generations) == transform.info["fitness"]
     assert transform.groups == pruner.structure.signature()
@@ -88,7 +88,7 @@ def test_killed_search_resumes_from_its_state_file(uninterrupted, pruner, refere
 def test_state_from_another_search_is_refused(pruner, reference, tmp_path):
     state_path = tmp_path / "search.json"
     LeGRSearch(pruner, make_fitness(reference), 0.5, state_path=state_path, **{**SETTINGS, "generations": 2}).run()
-    with pytest.raises(ValueError, match=r"belongs to another search \(different flops\)") as err:
+    with pytest.raises(ValueError, match=r"belongs to another search \(different budgets\)") as err:
         LeGRSearch(pruner, make_fitness(reference), 0.6, state_path=state_path, **SETTINGS)
     assert str(state_path) in str(err.value)
     with pytest.raises(ValueError, match="belongs to another search.*seed"):
@@ -131,7 +131,7 @@ def test_learn_transform(tmp_path):
         generations=5, population=3, sample_size=2, seed=0,
     )
     assert isinstance(transform, Transform) and transform.info["search_flops"] == 0.4  # the smallest budget
-    assert len(seen) == 5 and all(g.flops <= 0.4 * (1 + 1e-9) for g in seen)
+    assert len(seen) == 5 and all(g.ratio <= 0.4 * (1 + 1e-9) for g in seen)
     assert (tmp_path / "s.json").exists()
     with pytest.raises(ValueError, match=r"lists \[0\.4\] more than once"):
         learn_transform(model, x, [0.4, 0.4], fitness)
@@ -153,7 +153,7 @@ def test_several_search_budgets_average_the_fitness():
 
     search = LeGRSearch(pruner, fitness, flops=[0.7, 0.3], generations=2, population=2, sample_size=1)
     search.run()
-    assert search.flops == [0.3, 0.7]
+    assert search.budgets == [0.3, 0.7]
     assert len(seen) == 4  # two pruned copies per candidate
     assert search.evolution.history[0][0] == pytest.approx((seen[0] + seen[1]) / 2)
     assert search.best_transform().info["search_flops"] == [0.3, 0.7]

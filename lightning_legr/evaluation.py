@@ -1,8 +1,8 @@
-"""Companion Trainers: evaluate candidates and fine-tune pruned models with the user's own hooks.
+"""Candidate evaluation: the user's own ``validation_step`` scores every pruned candidate.
 
 Every candidate is a pruned deep copy of the user's LightningModule, so its own
-``validation_step`` (and ``training_step``, ``configure_optimizers``) produce the numbers: no second
-copy of the user's loss code. Each runs in a fresh, quiet Trainer that inherits the outer one's
+``validation_step`` (and ``training_step`` for ``tau`` steps) produce the numbers: no second copy of
+the user's loss code. Each runs in a fresh, quiet Trainer that inherits the outer one's
 accelerator, device and precision.
 """
 
@@ -11,58 +11,53 @@ import itertools
 import logging
 import math
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from lightning_legr import _compat
+from lightning_legr._random import BN_BATCHES, derive_seed, seeded
 from lightning_legr.core.calibration import recalibrate_batchnorm
+from lightning_legr.core.errors import ConfigurationError
 
-__all__ = ["DataSources", "trainer_kwargs", "Evaluator", "finetune", "quiet", "batch_inputs", "derive_seed", "seeded"]
+__all__ = ["DataSources", "trainer_kwargs", "Evaluator", "quiet", "batch_inputs", "missing_metric_message"]
 
 _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")
-# derive_seed(seed, stream, ...): each use of the search's seed draws from its own stream
-BN_BATCHES_STREAM = 0  # the training batches that recalibrate BatchNorm
-CANDIDATE_STREAM = 1  # with the generation: the batches of one candidate's tau steps
+_LIGHTNING_MODULES = r"(lightning|pytorch_lightning|lightning_fabric|lightning_utilities)(\..*)?"
+_depth = 0
 
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence the info lines and warnings every new Trainer prints: hundreds of them in a search."""
+    """Silence what every new Trainer prints (device lines, tips, Lightning's warnings about the setup):
+    hundreds of copies in a search. The user's own warnings still show, once per place, as usual.
+
+    Re-entrant: only the outermost block changes anything, so that warnings the user's code issues
+    for every candidate are not shown again for each one.
+    """
+    global _depth
+    if _depth:
+        _depth += 1
+        try:
+            yield
+        finally:
+            _depth -= 1
+        return
     levels = {name: logging.getLogger(name).level for name in _LOGGERS}
     for name in _LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    _depth = 1
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", module=_LIGHTNING_MODULES)
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
             yield
     finally:
+        _depth = 0
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-
-
-def derive_seed(seed: int, *keys: int) -> int:
-    """A seed for one use of ``seed``, named by ``keys``: independent of the seeds of other uses."""
-    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Run the block with torch's global RNG seeded to ``seed``; the caller's RNG state is restored after.
-
-    A shuffling DataLoader takes its order from the global RNG, whose state differs from one process
-    to the next (a resumed run, other code before it). Seeding it makes the batches a candidate sees a
-    function of the search alone.
-    """
-    cuda = device.type == "cuda"
-    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
-    with torch.random.fork_rng(devices=[index] if cuda else [], device_type="cuda"):
-        torch.default_generator.manual_seed(seed)
-        if cuda:
-            torch.cuda.default_generators[index].manual_seed(seed)
-        yield
 
 
 def trainer_kwargs(outer: pl.Trainer) -> Dict[str, Any]:
@@ -78,8 +73,8 @@ class DataSources:
 
     def __init__(self, trainer: pl.Trainer) -> None:
         self.datamodule = trainer.datamodule
-        self._train = trainer.fit_loop._data_source
-        self._val = trainer.fit_loop.epoch_loop.val_loop._data_source
+        self._train = _compat.train_data_source(trainer)
+        self._val = _compat.val_data_source(trainer)
         self._cache: Dict[str, Any] = {}
 
     @property
@@ -106,7 +101,7 @@ def batch_inputs(batch: Any) -> torch.Tensor:
     if isinstance(batch, (tuple, list)) and batch:
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
-        raise ValueError(
+        raise ConfigurationError(
             f"Cannot take the model input from a batch of type {type(batch).__name__}: lightning-legr expects"
             " a tensor or an (input, target) tuple. Set `self.example_input_array` in your LightningModule, and"
             " bn_batches=0 in LeGRCallback."
@@ -158,7 +153,7 @@ class Evaluator:
         if self.bn_batches == 0:
             return
         if self._bn_inputs is None:
-            with seeded(derive_seed(self.seed, BN_BATCHES_STREAM), self.device):
+            with seeded(derive_seed(self.seed, BN_BATCHES)):
                 batches = itertools.islice(self.data.loader("train"), self.bn_batches)
                 self._bn_inputs = [batch_inputs(b) for b in batches]
         module.to(self.device)
@@ -175,7 +170,7 @@ class Evaluator:
     ) -> Dict[str, float]:
         """Everything the module logs in validation (after recalibration and ``tau`` steps), as floats."""
         batches = self.batches if batches is None else batches
-        _forget_metric_names(module)
+        _compat.forget_metric_attributes(module)
         if recalibrate:
             self.recalibrate(module)
         with quiet():
@@ -207,66 +202,3 @@ def missing_metric_message(monitor: str, metrics: Dict[str, Any]) -> str:
         f"`monitor={monitor!r}` is not logged by the module's validation: it logs {available}."
         f" Log {monitor!r} with `self.log(...)` in `validation_step`, or set `monitor` to one of these."
     )
-
-
-def finetune(
-    module: pl.LightningModule,
-    outer: pl.Trainer,
-    data: DataSources,
-    epochs: int,
-    dirpath: str,
-    monitor: str,
-    mode: str,
-    prefix: str,
-    resume_from: Optional[str] = None,
-) -> Tuple[str, Optional[float]]:
-    """Fine-tune ``module`` with its own ``configure_optimizers`` for ``epochs``; keep the best
-    checkpoint by ``monitor`` (``best.ckpt``) and the latest (``last.ckpt``, to resume from). The
-    outer Trainer's loggers get the metrics under ``prefix``.
-
-    Returns (best checkpoint path, best monitored value).
-    """
-    checkpoint = ModelCheckpoint(
-        dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True
-    )
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        logger=outer.loggers or False,
-        callbacks=[checkpoint],
-        default_root_dir=dirpath,
-        enable_progress_bar=outer.progress_bar_callback is not None,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=outer.log_every_n_steps,
-        **trainer_kwargs(outer),
-    )
-    _forget_metric_names(module)
-    datamodule_trainer = data.datamodule.trainer if data.datamodule is not None else None
-    with _prefixed(outer.loggers, prefix), warnings.catch_warnings():
-        # the folder is ours: it already holds pruned.ckpt (and last.ckpt when resuming)
-        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, ckpt_path=resume_from, **data.fit_kwargs())
-    if data.datamodule is not None:
-        data.datamodule.trainer = datamodule_trainer
-    score = checkpoint.best_model_score
-    return checkpoint.best_model_path, (None if score is None else float(score))
-
-
-def _forget_metric_names(module: pl.LightningModule) -> None:
-    """A deep copy inherits the original's cache of torchmetrics attribute names, keyed by the
-    original metric objects; Lightning would then not find the copy's metrics when they are logged.
-    Lightning itself clears this cache at teardown."""
-    module._metric_attributes = None
-
-
-@contextlib.contextmanager
-def _prefixed(loggers: List[Any], prefix: str) -> Iterator[None]:
-    """Log a companion run's metrics under ``prefix`` (Lightning's loggers keep it in ``_prefix``)."""
-    saved = [(lg, lg._prefix) for lg in loggers if hasattr(lg, "_prefix")]
-    for lg, old in saved:
-        lg._prefix = f"{old}-{prefix}" if old else prefix
-    try:
-        yield
-    finally:
-        for lg, old in saved:
-            lg._prefix = old
