@@ -397,7 +397,7 @@ class LeGRCallback(Callback):
         def fitness(module: pl.LightningModule) -> float:
             # the tau steps' batches come from the global RNG: seeded by the generation, a resumed
             # search gives every candidate the batches the uninterrupted one would have
-            with seeded(derive_seed(self.seed, CANDIDATE, search.evolution.generation)):
+            with seeded(derive_seed(self.seed, CANDIDATE, search.evaluating)):
                 value = score(module)
             return sign * value if math.isfinite(value) else math.inf  # NaN or +-inf: the worst, in either mode
 

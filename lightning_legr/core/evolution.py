@@ -4,9 +4,10 @@ numpy only: no torch, no model. The caller turns each candidate into a pruned ne
 its fitness (lower is better) and tells it back.
 """
 
+import hashlib
 import math
 import warnings
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -99,7 +100,7 @@ class RegularizedEvolution:
         self.born = np.zeros(0, dtype=np.int64)
         self.best: Optional[Tuple[np.ndarray, np.ndarray, float, int]] = None
         self.history = []  # per generation: (candidate fitness, best so far, population mean)
-        self._pending: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._pending: Optional[List[Tuple[np.ndarray, np.ndarray]]] = None
 
     # ------------------------------------------------------------------ ask / tell
     @property
@@ -113,43 +114,71 @@ class RegularizedEvolution:
 
     def ask(self) -> Tuple[np.ndarray, np.ndarray]:
         """The next candidate ``(alpha, kappa)``; asking again before :meth:`tell` returns the same one."""
+        return self.ask_batch(1)[0]
+
+    def ask_batch(self, count: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """The next ``count`` candidates (fewer at the end of the run), all made from the population as it
+        is now, for workers that evaluate them at the same time: the identity, then random members until
+        the population is full, then mutated tournament winners. ``count=1`` is the sequential algorithm.
+
+        Asking again before :meth:`tell_batch` returns the same candidates.
+        """
         if self.done:
             raise RuntimeError(f"The search has finished its {self.generations} generations.")
+        _check_int("count", count, 1)
+        count = min(count, self.generations - self.generation)
         if self._pending is None:
             self._rng_before_ask = self.rng.bit_generator.state
-            if self.generation == 0:
-                self._pending = (np.ones(self.num_groups), np.zeros(self.num_groups))
-            elif len(self.fitness) < self.population:
-                self._pending = (
-                    np.exp(self.rng.normal(0.0, self.sigma, self.num_groups)),
-                    self.rng.normal(0.0, 1.0, self.num_groups) * self.kappa_scale,
-                )
-            else:
-                self._pending = self._mutate(self._tournament())
-        alpha, kappa = self._pending
-        return alpha.copy(), kappa.copy()
+            pending = []
+            for i in range(count):
+                if self.generation + i == 0:
+                    pending.append((np.ones(self.num_groups), np.zeros(self.num_groups)))
+                elif len(self.fitness) + i < self.population:
+                    pending.append((
+                        np.exp(self.rng.normal(0.0, self.sigma, self.num_groups)),
+                        self.rng.normal(0.0, 1.0, self.num_groups) * self.kappa_scale,
+                    ))
+                else:
+                    pending.append(self._mutate(self._tournament(), self.generation + i))
+            self._pending = pending
+        elif len(self._pending) != count:
+            raise RuntimeError(f"{len(self._pending)} candidates are waiting for `tell`; asked for {count}.")
+        return [(alpha.copy(), kappa.copy()) for alpha, kappa in self._pending]
 
     def _tournament(self) -> int:
         sampled = self.rng.choice(len(self.fitness), self.sample_size, replace=False)
         return int(sampled[np.argmin(self.fitness[sampled])])
 
-    def _mutate(self, parent: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _mutate(self, parent: int, generation: int) -> Tuple[np.ndarray, np.ndarray]:
         alpha, kappa = self.alphas[parent].copy(), self.kappas[parent].copy()
         count = min(self.num_groups, max(1, int(round(self.mutation_rate * self.num_groups))))
         groups = self.rng.choice(self.num_groups, count, replace=False)
-        alpha[groups] *= np.exp(self.rng.normal(0.0, self.sigma * self.step_size, count))
+        step = 1.0 - (1.0 - self.min_step) * generation / self.generations
+        alpha[groups] *= np.exp(self.rng.normal(0.0, self.sigma * step, count))
         kappa[groups] += self.rng.normal(0.0, 1.0, count) * self.kappa_scale[groups]
         return alpha, kappa
 
     def tell(self, fitness: float) -> None:
         """Report the fitness (lower is better) of the last asked candidate. NaN or infinite (either sign)
         counts as the worst: a broken metric must never win."""
+        if self._pending is not None and len(self._pending) != 1:
+            raise RuntimeError(f"{len(self._pending)} candidates are waiting: use `tell_batch`.")
+        self.tell_batch([fitness])
+
+    def tell_batch(self, fitnesses: Sequence[float]) -> None:
+        """Report the fitness of every candidate of the last :meth:`ask_batch`, in order: each child in turn
+        joins the population (or replaces its oldest member)."""
         if self._pending is None:
             raise RuntimeError("`tell` needs a candidate from `ask` first.")
-        fitness = float(fitness)
+        if len(fitnesses) != len(self._pending):
+            raise RuntimeError(f"{len(self._pending)} candidates are waiting for their fitness, got {len(fitnesses)}.")
+        for (alpha, kappa), fitness in zip(self._pending, fitnesses):
+            self._add(alpha, kappa, float(fitness))
+        self._pending = None
+
+    def _add(self, alpha: np.ndarray, kappa: np.ndarray, fitness: float) -> None:
         if not math.isfinite(fitness):
             fitness = math.inf
-        alpha, kappa = self._pending
         if len(self.fitness) < self.population:
             self.alphas = np.vstack([self.alphas, alpha])
             self.kappas = np.vstack([self.kappas, kappa])
@@ -164,7 +193,15 @@ class RegularizedEvolution:
         finite = self.fitness[np.isfinite(self.fitness)]
         self.history.append((fitness, self.best[2], float(finite.mean()) if len(finite) else math.inf))
         self.generation += 1
-        self._pending = None
+
+    def digest(self) -> str:
+        """A short fingerprint of the whole state (population, ages, fitness, RNG, generation): equal on
+        workers that agree, cheap enough to compare every step."""
+        h = hashlib.sha1()
+        for array in (self.alphas, self.kappas, self.fitness, self.born):
+            h.update(np.ascontiguousarray(array).tobytes())
+        h.update(repr((self.generation, self.rng.bit_generator.state, self._pending is not None)).encode())
+        return h.hexdigest()[:16]
 
     @property
     def best_fitness(self) -> float:

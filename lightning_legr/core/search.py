@@ -5,7 +5,7 @@ import numbers
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 from torch import nn
@@ -18,7 +18,7 @@ from lightning_legr.core.selection import check_budget
 from lightning_legr.core.structure import ExampleInputs
 from lightning_legr.core.transform import Transform
 
-__all__ = ["Generation", "LeGRSearch", "learn_transform", "check_budgets"]
+__all__ = ["Generation", "LeGRSearch", "SerialWorkers", "learn_transform", "check_budgets"]
 
 STATE_FORMAT = "lightning-legr/search-state"
 Fitness = Callable[[nn.Module], float]
@@ -61,6 +61,21 @@ class Generation:
     non_finite: bool = False  # the fitness function returned NaN or an infinity
 
 
+class SerialWorkers:
+    """Evaluates a step's candidates one after another, in this process: the plain sequential search.
+
+    A workers object decides how many candidates a step evaluates (``size``) and how: ``map(evaluate,
+    count, digest)`` returns ``[evaluate(i) for i in range(count)]``, in order, however it spreads the
+    calls (the Lightning glue spreads them over the ranks of a distributed run). ``digest`` is the
+    evolution's state fingerprint, for workers that check they agree.
+    """
+
+    size = 1
+
+    def map(self, evaluate: Callable[[int], float], count: int, digest: str) -> List[float]:
+        return [evaluate(i) for i in range(count)]
+
+
 class LeGRSearch:
     """Learns ``(alpha, kappa)`` so that pruning to ``flops`` by the transformed ranking gives the
     lowest fitness (e.g. validation loss after ``tau`` fine-tune steps, which ``fitness`` does).
@@ -77,6 +92,8 @@ class LeGRSearch:
         state_path: a JSON file the search's state is written to after every generation; if it
             exists, the search resumes from it. ``None``: no file.
         fitness_name: what the fitness is, for error messages (e.g. "`monitor='val_loss'`").
+        workers: how a step's candidates are evaluated (default :class:`SerialWorkers`: one candidate per
+            step, in this process); ``workers.size`` candidates are made per step from the same population.
         **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
             ``min_step``, ``seed`` of :class:`~lightning_legr.core.evolution.RegularizedEvolution`.
 
@@ -100,6 +117,7 @@ class LeGRSearch:
         flops: Union[float, Sequence[float]],
         state_path: Optional[PathLike] = None,
         fitness_name: str = "the fitness",
+        workers: Optional[SerialWorkers] = None,
         **evolution: Any,
     ) -> None:
         if not callable(fitness):
@@ -107,6 +125,8 @@ class LeGRSearch:
         self.pruner = pruner
         self.fitness = fitness
         self.fitness_name = fitness_name
+        self.workers = workers or SerialWorkers()
+        self.evaluating: Optional[int] = None  # the generation of the candidate being evaluated
         self.budgets = sorted(check_budgets(flops))
         for budget in self.budgets:
             self.pruner.select(budget)  # an unreachable budget fails here, before any evaluation
@@ -119,21 +139,30 @@ class LeGRSearch:
     def done(self) -> bool:
         return self.evolution.done
 
-    def step(self) -> Generation:
-        """Evaluate one candidate; write the state file if there is one."""
+    def step(self) -> List[Generation]:
+        """Evaluate the next ``workers.size`` candidates; write the state file if there is one."""
         start = time.perf_counter()
-        transform = self._transform(*self.evolution.ask())
-        selections = [self.pruner.select(budget, transform) for budget in self.budgets]
-        fitness = float(np.mean([float(self.fitness(self.pruner.apply(s))) for s in selections]))
-        self.evolution.tell(fitness)
+        first = self.evolution.generation
+        transforms = [self._transform(a, k) for a, k in self.evolution.ask_batch(self.workers.size)]
+        selections = [[self.pruner.select(budget, t) for budget in self.budgets] for t in transforms]
+
+        def evaluate(i: int) -> float:
+            self.evaluating = first + i
+            return float(np.mean([float(self.fitness(self.pruner.apply(s))) for s in selections[i]]))
+
+        fitnesses = self.workers.map(evaluate, len(transforms), self.evolution.digest())
+        self.evaluating = None
+        self.evolution.tell_batch(fitnesses)
         self._check_some_finite()
         if self.state_path:
             write_json(self.state_path, self.state_dict())
-        told, best, mean = self.evolution.history[-1]
-        return Generation(
-            self.evolution.generation - 1, told, best, mean, selections[0].widths, selections[0].ratio,
-            time.perf_counter() - start, non_finite=not math.isfinite(fitness),
-        )
+        seconds = (time.perf_counter() - start) / len(transforms)
+        history = self.evolution.history[first:]
+        return [
+            Generation(first + i, told, best, mean, chosen[0].widths, chosen[0].ratio, seconds,
+                       non_finite=not math.isfinite(fitness))
+            for i, ((told, best, mean), chosen, fitness) in enumerate(zip(history, selections, fitnesses))
+        ]
 
     def _check_some_finite(self) -> None:
         evolution = self.evolution
@@ -149,9 +178,9 @@ class LeGRSearch:
     def run(self, on_generation: Optional[Callable[[Generation], None]] = None) -> Transform:
         """Run the remaining generations and return the best transform."""
         while not self.done:
-            result = self.step()
-            if on_generation is not None:
-                on_generation(result)
+            for result in self.step():
+                if on_generation is not None:
+                    on_generation(result)
         return self.best_transform()
 
     def best_transform(self) -> Transform:

@@ -264,3 +264,37 @@ def test_a_non_finite_fitness_is_the_worst_and_the_state_is_strict_json(bad):
     again.load_state_dict(state)
     assert again.fitness[0] == np.inf
     assert np.array_equal(again.ask()[0], evo.ask()[0])  # the tournament never picks the broken member first
+
+
+def test_a_batch_of_one_is_the_sequential_algorithm():
+    one, batch = make(), make()
+    while not one.done:
+        alpha, kappa = one.ask()
+        (b_alpha, b_kappa), = batch.ask_batch(1)
+        assert np.array_equal(alpha, b_alpha) and np.array_equal(kappa, b_kappa)
+        one.tell(objective(alpha, kappa))
+        batch.tell_batch([objective(b_alpha, b_kappa)])
+    assert one.state_dict() == batch.state_dict()
+
+
+def test_a_batch_is_made_from_one_population_and_told_in_order():
+    evo = make(generations=20, population=6, sample_size=3)
+    first = evo.ask_batch(4)
+    assert np.array_equal(first[0][0], np.ones(20)) and np.array_equal(first[0][1], np.zeros(20))  # the identity
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(evo.ask_batch(4), first))  # asked again: the same
+    with pytest.raises(RuntimeError, match="4 candidates are waiting for `tell`; asked for 2"):
+        evo.ask_batch(2)
+    with pytest.raises(RuntimeError, match="use `tell_batch`"):
+        evo.tell(1.0)
+    evo.tell_batch([objective(a, k) for a, k in first])
+    assert evo.generation == 4 and len(evo.fitness) == 4
+    state = evo.state_dict()
+    second = evo.ask_batch(4)  # two random members fill the population, two children of tournaments
+    assert evo.digest() != make(generations=20, population=6, sample_size=3).digest()
+    restored = make(generations=20, population=6, sample_size=3)
+    restored.load_state_dict(state)
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(restored.ask_batch(4), second))
+    assert restored.digest() == evo.digest()
+    evo.tell_batch([5.0, 4.0, 3.0, 2.0])
+    assert [h[0] for h in evo.history[4:]] == [5.0, 4.0, 3.0, 2.0] and evo.best_fitness <= 2.0
+    assert len(evo.ask_batch(100)) == 12  # the rest of the run, no more

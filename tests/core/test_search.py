@@ -157,3 +157,41 @@ def test_several_search_budgets_average_the_fitness():
     assert len(seen) == 4  # two pruned copies per candidate
     assert search.evolution.history[0][0] == pytest.approx((seen[0] + seen[1]) / 2)
     assert search.best_transform().info["search_flops"] == [0.3, 0.7]
+
+
+class ReversedWorkers:
+    """Evaluates a step's candidates in reverse order, as parallel workers may finish, and records digests."""
+
+    def __init__(self, size):
+        self.size, self.digests, self.counts = size, [], []
+
+    def map(self, evaluate, count, digest):
+        self.digests.append(digest)
+        self.counts.append(count)
+        values = {i: evaluate(i) for i in reversed(range(count))}
+        return [values[i] for i in range(count)]
+
+
+def test_one_worker_is_the_sequential_search(uninterrupted, pruner, reference):
+    search, transform, _ = uninterrupted
+    workers = ReversedWorkers(1)
+    again = LeGRSearch(pruner, make_fitness(reference), 0.5, workers=workers, **SETTINGS)
+    assert again.run() == transform
+    assert again.evolution.history == search.evolution.history and workers.counts == [1] * 9
+
+
+def test_several_candidates_per_step_are_deterministic_and_resume(pruner, reference, tmp_path):
+    workers = ReversedWorkers(4)
+    search = LeGRSearch(pruner, make_fitness(reference), 0.5, workers=workers, **SETTINGS)
+    transform = search.run()
+    assert workers.counts == [4, 4, 1]  # 9 generations: the last step has one candidate left
+    assert len(set(workers.digests)) == 3
+    assert LeGRSearch(pruner, make_fitness(reference), 0.5, workers=ReversedWorkers(4), **SETTINGS).run() == transform
+
+    path = tmp_path / "state.json"
+    with pytest.raises(Killed):  # dies in the second step, after its first candidate
+        LeGRSearch(pruner, make_fitness(reference, kill_at=5), 0.5, state_path=path, workers=ReversedWorkers(4),
+                   **SETTINGS).run()
+    assert json.loads(path.read_text())["evolution"]["generation"] == 4  # the whole first step, nothing of the second
+    resumed = LeGRSearch(pruner, make_fitness(reference), 0.5, state_path=path, workers=ReversedWorkers(4), **SETTINGS)
+    assert resumed.run() == transform and resumed.evolution.history == search.evolution.history
