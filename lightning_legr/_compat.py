@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 
 __all__ = [
     "train_data_source", "val_data_source", "logger_prefix", "set_logger_prefix", "forget_metric_attributes",
-    "restart_train_iterator", "epochs_done", "end_pretraining", "fit", "load_from_checkpoint", "prefixable",
+    "restart_train_iterator", "epochs_done", "end_pretraining", "fit", "load_from_checkpoint", "prefixable", "spawns_processes", "companion_ddp_strategy",
 ]
 
 
@@ -73,3 +73,23 @@ def load_from_checkpoint(cls: type, source: Any, **kwargs: Any) -> Any:
     if "weights_only" in inspect.signature(cls.load_from_checkpoint).parameters:
         kwargs["weights_only"] = True
     return cls.load_from_checkpoint(source, **kwargs)
+
+
+def spawns_processes(strategy: Any) -> bool:
+    """Whether the strategy's processes are started by torch.multiprocessing (ddp_spawn, ddp_fork,
+    ddp_notebook): they end with ``fit``, and whatever a callback holds in them with it."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    return isinstance(getattr(strategy, "_launcher", None), _MultiProcessingLauncher)
+
+
+def companion_ddp_strategy(strategy: Any) -> Any:
+    """A new DDPStrategy with the settings of ``strategy`` (a DDPStrategy bound to another Trainer), for a
+    companion Trainer in the processes ``strategy`` runs in: it joins their process group, it starts no
+    processes of its own."""
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(
+        cluster_environment=strategy.cluster_environment, process_group_backend=strategy.process_group_backend,
+        timeout=strategy._timeout, **strategy._ddp_kwargs,
+    )

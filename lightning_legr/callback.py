@@ -18,7 +18,7 @@ from typing_extensions import override
 from lightning_legr import _compat
 from lightning_legr._random import CANDIDATE, CHECKS, FINETUNE, derive_seed, seeded
 from lightning_legr.checkpoint import load_checkpoint, save_module_checkpoint
-from lightning_legr.core._io import write_text
+from lightning_legr.core._io import read_json, write_text
 from lightning_legr.core.criteria import get_criterion
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
@@ -29,6 +29,7 @@ from lightning_legr.core.selection import check_round_to, check_safeguard
 from lightning_legr.core.structure import check_layer_list, map_tensors
 from lightning_legr.core.surgery import restore
 from lightning_legr.core.transform import Transform
+from lightning_legr.distributed import Ranks, RankWorkers, check_strategy
 from lightning_legr.evaluation import DataSources, Evaluator, batch_inputs, missing_metric_message, quiet
 from lightning_legr.finetuning import finetune
 from lightning_legr.report import (
@@ -219,10 +220,11 @@ class LeGRCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        check_strategy(trainer)
         if self.run is None:
             self.run = RunDirectory(os.path.join(trainer.default_root_dir, "legr"))
         self._settings = self._run_settings(trainer, pl_module)
-        self.run.check_settings(self._settings)
+        Ranks(trainer).from_zero(lambda: self.run.check_settings(self._settings))
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -287,13 +289,7 @@ class LeGRCallback(Callback):
 
     # ------------------------------------------------------------------ checks
     def _check_and_resume(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size > 1:
-            raise ConfigurationError(
-                f"LeGRCallback runs its search in one process, but this Trainer has {trainer.world_size}."
-                " Pretrain with several devices if you like, then load the trained weights"
-                " (model = MyModule.load_from_checkpoint(path)) and run LeGR alone on one device:"
-                " Trainer(devices=1, max_epochs=0, callbacks=[LeGRCallback(...)]).fit(model, dm)."
-            )
+        ranks = Ranks(trainer)
         data = DataSources(trainer)
         if not data.has_validation or trainer.limit_val_batches == 0:
             raise ConfigurationError(
@@ -301,7 +297,7 @@ class LeGRCallback(Callback):
                 " Give `trainer.fit` a datamodule with `val_dataloader`, `val_dataloaders=...`, or define"
                 " `val_dataloader` in the module (and do not set limit_val_batches=0)."
             )
-        resumed = self._resume_pretraining(trainer, pl_module)
+        resumed = self._resume_pretraining(trainer, pl_module, ranks)
         self._example = self._example_input(pl_module, data)
         pruner = self._pruner(pl_module)  # raises if the model cannot be pruned
         for budget in self.budgets + self.search_budgets:
@@ -316,17 +312,19 @@ class LeGRCallback(Callback):
             metrics = Evaluator(trainer, data, self.monitor).metrics(copy.deepcopy(pl_module), batches=1)
         if self.monitor not in metrics:
             raise ConfigurationError(missing_metric_message(self.monitor, metrics))
-        self.run.remove_stale_temporaries()
+        if ranks.zero:
+            self.run.remove_stale_temporaries()
         if resumed:
             rank_zero_info(f"LeGR: resuming the run in {self.run.path}; pretrained weights from {RunDirectory.BASE}.")
 
-    def _resume_pretraining(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    def _resume_pretraining(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ranks: Ranks) -> bool:
         """If an earlier run of this command finished pretraining, take its weights and skip training."""
-        if not self.run.exists(RunDirectory.BASE):
+        base = self.run.file(RunDirectory.BASE)
+        state = ranks.from_zero(lambda: load_checkpoint(base)["state_dict"] if self.run.exists(RunDirectory.BASE) else None)
+        if state is None:
             return False
-        checkpoint = load_checkpoint(self.run.file(RunDirectory.BASE))
         try:
-            pl_module.load_state_dict(checkpoint["state_dict"])
+            pl_module.load_state_dict(state)
         except (RuntimeError, KeyError) as err:
             reason = str(err).strip().splitlines()[0]
             raise ConfigurationError(
@@ -351,42 +349,50 @@ class LeGRCallback(Callback):
 
     # ------------------------------------------------------------------ the run
     def _compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        run = self.run
-        run.write_settings(self._settings)
-        if not run.exists(RunDirectory.BASE):
-            save_module_checkpoint(pl_module, run.file(RunDirectory.BASE))
+        run, ranks = self.run, Ranks(trainer)
+        if ranks.zero:
+            run.write_settings(self._settings)
+            if not run.exists(RunDirectory.BASE):
+                save_module_checkpoint(pl_module, run.file(RunDirectory.BASE))
         data = DataSources(trainer)
         pruner = self._pruner(pl_module)
-        self.transform = self._learn(trainer, pruner, data)
+        self.transform = self._learn(trainer, pruner, data, ranks)
         evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed)
         with quiet():
             base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
-        self.results = [self._measure(1.0, pl_module, base_metric, None, run.file(RunDirectory.BASE))]
-        done = run.finished()
+        self.results = [ranks.broadcast(self._measure(1.0, pl_module, base_metric, None, run.file(RunDirectory.BASE)))]
+        done = ranks.from_zero(run.finished)
         budgets = sorted(self.budgets, reverse=True)
         for i, budget in enumerate(budgets, 1):
             row = done.get(budget)
             if row is None:
                 rank_zero_info(f"LeGR: fine-tuning {budget:.0%} of the FLOPs, {i} of {len(budgets)}")
-                row = self._compress_one(trainer, pruner, data, evaluator, budget)
+                row = self._compress_one(trainer, pruner, data, evaluator, budget, ranks)
             else:
                 rank_zero_info(
                     f"LeGR: {budget:.0%} of the FLOPs, {i} of {len(budgets)}, was finished by an earlier run:"
                     f" {run.relative(row['checkpoint'])}"
                 )
             self.results.append(row)
-            self._write_report(pruner)
+            if ranks.zero:
+                self._write_report(pruner)
         if self.latency:
-            self._measure_latency(pl_module)
-            self._write_report(pruner)
+            times = ranks.from_zero(lambda: self._measure_latency(pl_module))  # the other ranks wait: no contention
+            for row, latency in zip(self.results, times):
+                row.update(latency)
+            if ranks.zero:
+                self._write_report(pruner)
         rank_zero_info("\nLeGR results\n" + format_table(run.portable(self.results), self.monitor, run.path))
 
-    def _learn(self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources) -> Transform:
+    def _learn(self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, ranks: Ranks) -> Transform:
         run = self.run
         if self.transform_path is not None:
-            return Transform.load(self.transform_path)
-        if run.exists(RunDirectory.TRANSFORM):
-            transform = Transform.load(run.file(RunDirectory.TRANSFORM))
+            return Transform.from_dict(ranks.from_zero(lambda: Transform.load(self.transform_path).to_dict()))
+        saved = ranks.from_zero(
+            lambda: Transform.load(run.file(RunDirectory.TRANSFORM)).to_dict() if run.exists(RunDirectory.TRANSFORM) else None
+        )
+        if saved is not None:
+            transform = Transform.from_dict(saved)
             transform.check(pruner.structure.signature(), pruner.criterion.name)
             return transform
         sign = 1.0 if self.mode == "min" else -1.0
@@ -395,28 +401,35 @@ class LeGRCallback(Callback):
         )
 
         def fitness(module: pl.LightningModule) -> float:
-            # the tau steps' batches come from the global RNG: seeded by the generation, a resumed
-            # search gives every candidate the batches the uninterrupted one would have
+            # the tau steps' batches come from the global RNG: seeded by the candidate's generation, a resumed
+            # search (or another rank) gives every candidate the batches the uninterrupted one would have
             with seeded(derive_seed(self.seed, CANDIDATE, search.evaluating)):
                 value = score(module)
             return sign * value if math.isfinite(value) else math.inf  # NaN or +-inf: the worst, in either mode
 
+        state_file = run.file(RunDirectory.SEARCH_STATE)
+        state = ranks.from_zero(lambda: read_json(state_file) if run.exists(RunDirectory.SEARCH_STATE) else None)
         search = LeGRSearch(
-            pruner, fitness, self.search_budgets, state_path=run.file(RunDirectory.SEARCH_STATE),
-            fitness_name=f"`monitor={self.monitor!r}`", generations=self.generations, population=self.population,
-            sample_size=self.sample_size, mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
+            pruner, fitness, self.search_budgets, state_path=state_file if ranks.zero else None,
+            fitness_name=f"`monitor={self.monitor!r}`", workers=RankWorkers(ranks) if ranks.size > 1 else None,
+            generations=self.generations, population=self.population, sample_size=self.sample_size,
+            mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
         )
+        if state is not None and not ranks.zero:  # rank 0 read the file itself; the others take its copy
+            search.load_state_dict(state)
         summary = pruner.structure.describe()
-        write_text(run.file(RunDirectory.STRUCTURE), summary + "\n")
+        if ranks.zero:
+            write_text(run.file(RunDirectory.STRUCTURE), summary + "\n")
         rank_zero_info(
             f"LeGR: learning the ranking, {self.generations} candidates at"
-            f" {', '.join(f'{b:.0%}' for b in self.search_budgets)} of the FLOPs ({run.relative(run.file(RunDirectory.STRUCTURE))}:"
-            f" {summary.splitlines()[0].rstrip(':')})"
+            f" {', '.join(f'{b:.0%}' for b in self.search_budgets)} of the FLOPs"
+            + (f", {ranks.size} at a time on {ranks.size} ranks" if ranks.size > 1 else "")
+            + f" ({RunDirectory.STRUCTURE}: {summary.splitlines()[0].rstrip(':')})"
         )
         names = [g.name for g in pruner.structure.groups]
         bar = tqdm(
             total=self.generations, initial=search.evolution.generation, desc="LeGR search", unit="gen",
-            disable=trainer.progress_bar_callback is None, dynamic_ncols=True,
+            disable=trainer.progress_bar_callback is None or not ranks.zero, dynamic_ncols=True,
         )
         non_finite = 0
 
@@ -426,8 +439,9 @@ class LeGRCallback(Callback):
             metrics["legr/population_mean"] = sign * gen.mean_fitness
             metrics["legr/non_finite"] = float(gen.non_finite)
             metrics.update({f"legr/width/{n}": float(w) for n, w in zip(names, gen.widths)})
-            for logger in trainer.loggers:
-                logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=gen.generation)
+            if ranks.zero:
+                for logger in trainer.loggers:
+                    logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=gen.generation)
             if gen.non_finite:
                 non_finite += 1
                 rank_zero_info(
@@ -440,29 +454,35 @@ class LeGRCallback(Callback):
         with bar, quiet():
             transform = search.run(on_generation)
         transform.info.update(monitor=self.monitor, mode=self.mode, best_metric=sign * search.evolution.best_fitness)
-        transform.save(run.file(RunDirectory.TRANSFORM))
+        if ranks.zero:
+            transform.save(run.file(RunDirectory.TRANSFORM))
         return transform
 
     def _compress_one(
-        self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, evaluator: Evaluator, budget: float
+        self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, evaluator: Evaluator, budget: float,
+        ranks: Ranks,
     ) -> Dict[str, Any]:
         directory = self.run.budget_dir(budget)
         module = pruner.prune(budget, self.transform)
         with quiet():
             evaluator.recalibrate(module)
             before = evaluator(copy.deepcopy(module), recalibrate=False)
-        pruned = save_module_checkpoint(module, os.path.join(directory, RunDirectory.PRUNED))  # before fine-tuning
+        pruned = os.path.join(directory, RunDirectory.PRUNED)
+        if ranks.zero:
+            save_module_checkpoint(module, pruned)  # before fine-tuning changes it
         path, after = pruned, None
         if self.finetune_epochs > 0:
+            resume = ranks.from_zero(lambda: self.run.last_checkpoint(budget))
             path, after = finetune(
                 module, trainer, data, self.finetune_epochs, directory, self.monitor, self.mode,
-                prefix=f"flops_{budget_name(budget)}", seed=derive_seed(self.seed, FINETUNE, budget),
+                prefix=f"flops_{budget_name(budget)}", seed=derive_seed(self.seed, FINETUNE, budget), resume_from=resume,
             )
             if _better(before, after, self.mode):
                 self._warn_finetuning_did_not_help(budget, before, after, pruned)
                 path = pruned
-        row = self._measure(budget, module, before, after, path)
-        self.run.save_finished(row)
+        row = ranks.broadcast(self._measure(budget, module, before, after, path))  # rank 0's decisions for all
+        if ranks.zero:
+            self.run.save_finished(row)
         return row
 
     def _warn_finetuning_did_not_help(self, budget: float, before: float, after: Optional[float], pruned: str) -> None:
@@ -486,8 +506,9 @@ class LeGRCallback(Callback):
             "checkpoint": os.path.abspath(path),
         }
 
-    def _measure_latency(self, pl_module: pl.LightningModule) -> None:
-        """Every network of the run, timed side by side (rebuilt from its checkpoint: the table's own files)."""
+    def _measure_latency(self, pl_module: pl.LightningModule) -> List[Dict[str, Any]]:
+        """Every network of the run timed side by side (rebuilt from its checkpoint: the table's own files);
+        the latency columns of every row."""
         networks = {}
         for row in self.results:
             if row["budget"] == 1.0:
@@ -499,8 +520,7 @@ class LeGRCallback(Callback):
                 )
         rank_zero_info(f"LeGR: measuring the CPU latency of {len(networks)} networks side by side")
         times = measure_latencies(networks, self._example, LATENCY_BATCHES, threads=self.latency_threads)
-        for row in self.results:
-            row.update(latency_columns(times[row["budget"]]))
+        return [latency_columns(times[row["budget"]]) for row in self.results]
 
     def _write_report(self, pruner: LeGRPruner) -> None:
         run = self.run

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import lightning.pytorch as pl
 import torch
+import torchmetrics
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lightning_legr import _compat
@@ -171,6 +172,7 @@ class Evaluator:
         """Everything the module logs in validation (after recalibration and ``tau`` steps), as floats."""
         batches = self.batches if batches is None else batches
         _compat.forget_metric_attributes(module)
+        _keep_metrics_local(module)
         if recalibrate:
             self.recalibrate(module)
         with quiet():
@@ -194,6 +196,19 @@ class Evaluator:
             raise KeyError(missing_metric_message(self.monitor, metrics))
         value = metrics[self.monitor]
         return value if math.isfinite(value) else math.nan
+
+
+def _keep_metrics_local(module: pl.LightningModule) -> None:
+    """Make the candidate's torchmetrics compute on this process alone. In a distributed run they would
+    gather their state from every rank, where each rank scores another candidate (and hang when a rank
+    has none to score); a candidate's score is its own rank's."""
+    for metric in module.modules():
+        if isinstance(metric, torchmetrics.Metric):
+            metric.distributed_available_fn = _not_distributed
+
+
+def _not_distributed() -> bool:
+    return False
 
 
 def missing_metric_message(monitor: str, metrics: Dict[str, Any]) -> str:

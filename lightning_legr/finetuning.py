@@ -1,8 +1,9 @@
 """Fine-tuning a pruned model with the user's own ``training_step`` and ``configure_optimizers``, resumably.
 
-Each epoch's randomness (data order, dropout, augmentation) is seeded from the run's seed, the
-budget and the epoch, so an interrupted fine-tune resumed from ``last.ckpt`` ends exactly where an
-uninterrupted one does.
+It runs with the outer Trainer's strategy: under DDP on all its ranks, each on a shard of the training
+data, checkpoints saved once. Each epoch's randomness (data order, dropout, augmentation) is seeded from
+the run's seed, the budget, the epoch and the rank, so an interrupted fine-tune resumed from ``last.ckpt``
+ends exactly where an uninterrupted one does.
 """
 
 import contextlib
@@ -16,7 +17,8 @@ from typing_extensions import override
 
 from lightning_legr import _compat
 from lightning_legr._random import derive_seed, seed_all
-from lightning_legr.evaluation import DataSources, quiet, trainer_kwargs
+from lightning_legr.distributed import companion_kwargs
+from lightning_legr.evaluation import DataSources, quiet
 
 __all__ = ["finetune"]
 
@@ -51,7 +53,7 @@ class _PortableCheckpoint(ModelCheckpoint):
 
 
 class _SeedEveryEpoch(Callback):
-    """Seed the global generators at the start of every epoch from ``seed`` and the epoch number."""
+    """Seed the global generators at the start of every epoch from ``seed``, the epoch and the rank."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -63,7 +65,7 @@ class _SeedEveryEpoch(Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        seed_all(derive_seed(self.seed, trainer.current_epoch))
+        seed_all(derive_seed(self.seed, trainer.current_epoch, trainer.global_rank))
         if self._first:  # this epoch's iterator was made before this hook: make it again, from this seed
             _compat.restart_train_iterator(trainer)
             self._first = False
@@ -79,22 +81,23 @@ def finetune(
     mode: str,
     prefix: str,
     seed: int,
+    resume_from: Optional[str] = None,
 ) -> Tuple[str, Optional[float]]:
     """Fine-tune ``module`` for ``epochs``, keeping the best checkpoint by ``monitor`` (``best.ckpt``) and the
-    last epoch's (``last.ckpt``, saved every epoch). A ``last.ckpt`` already in ``dirpath`` is resumed
-    from. The outer Trainer's loggers get the metrics under ``prefix``; its global random state is left
-    as it was.
+    last epoch's (``last.ckpt``, saved every epoch). The outer Trainer's loggers get the metrics under
+    ``prefix``; its global random state is left as it was.
 
     Args:
-        seed: the seed of this fine-tune (derive it from the run's seed and the budget); epoch ``e``
-            runs under ``derive_seed(seed, e)``.
+        seed: the seed of this fine-tune (derive it from the run's seed and the budget); epoch ``e`` on
+            rank ``r`` runs under ``derive_seed(seed, e, r)``.
+        resume_from: a ``last.ckpt`` of this fine-tune to go on from (under DDP, decided by rank 0 for all:
+            every rank reads it, as Lightning reads any ``ckpt_path``).
 
     Returns:
         The best checkpoint's path and its ``monitor`` value (None if it was never logged).
     """
     best = _PortableCheckpoint(dirpath=dirpath, filename=BEST, monitor=monitor, mode=mode, save_top_k=1)
     last = _PortableCheckpoint(dirpath=dirpath, filename=LAST, monitor=None, save_top_k=1)
-    resume = os.path.join(dirpath, f"{LAST}.ckpt")
     with quiet():
         trainer = pl.Trainer(
             max_epochs=epochs,
@@ -105,12 +108,12 @@ def finetune(
             enable_model_summary=False,
             num_sanity_val_steps=0,
             log_every_n_steps=outer.log_every_n_steps,
-            **trainer_kwargs(outer),
+            **companion_kwargs(outer),
         )
         _compat.forget_metric_attributes(module)
         datamodule_trainer = data.datamodule.trainer if data.datamodule is not None else None
         with isolate_rng(), _prefixed(outer.loggers, prefix):
-            _compat.fit(trainer, module, ckpt_path=resume if os.path.exists(resume) else None, **data.fit_kwargs())
+            _compat.fit(trainer, module, ckpt_path=resume_from, **data.fit_kwargs())
     if data.datamodule is not None:
         data.datamodule.trainer = datamodule_trainer
     score = best.best_model_score
