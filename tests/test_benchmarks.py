@@ -82,3 +82,12 @@ def test_latency_spread_smoke(capsys):
     out = capsys.readouterr().out
     assert out.count("spread (max - min)") == 2 and "side by side" in out
     assert len([line for line in out.splitlines() if "% FLOPs" in line]) == 3
+
+
+@pytest.mark.slow
+def test_ddp_search_smoke(tmp_path, capsys):
+    assert load("ddp_search").main(["--smoke", "--generations", "6", "--out", str(tmp_path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and rows[0].split("|")[4].strip() == "1.00x"
+    timings = [json.loads((tmp_path / "ranks2" / f"timing{r}.json").read_text()) for r in range(2)]
+    assert [t["rank"] for t in timings] == [0, 1] and all(t["generations"] == 6 for t in timings)

@@ -89,6 +89,29 @@ def test_a_run_killed_on_all_ranks_resumes_to_the_same_result(two_ranks, tmp_pat
 
 
 @pytest.mark.slow
+def test_two_nodes_launched_by_torchrun(two_ranks, tmp_path):
+    """num_nodes=2, one process each, started by torchrun (as a cluster scheduler would) on this machine."""
+    _, (reference, _) = two_ranks
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    port = str(29500 + os.getpid() % 1000)
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+             str(n), "--master_addr", "127.0.0.1", "--master_port", port, SCRIPT, str(tmp_path), "--devices", "1",
+             "--num-nodes", "2", "--finetune-epochs", "1"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for n in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    zero, one = ended(tmp_path)
+    assert zero["world_size"] == 2 and zero["transform"] == reference["transform"] == one["transform"]
+    assert zero["results"] == one["results"] and one["writes"] == []
+    assert zero["steps"] == one["steps"] == 5 * (1 + 2)  # sharded pretraining and fine-tuning on both nodes
+
+
+@pytest.mark.slow
 def test_one_rank_of_ddp_is_the_single_process_search(tmp_path):
     launch(tmp_path / "ddp", "--devices", "1", "--strategy", "ddp", "--epochs", "0", "--finetune-epochs", "0")
     launch(tmp_path / "plain", "--devices", "1", "--strategy", "auto", "--epochs", "0", "--finetune-epochs", "0")

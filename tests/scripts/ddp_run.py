@@ -24,6 +24,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("root")
 parser.add_argument("--devices", type=int, default=2)
 parser.add_argument("--strategy", default="ddp")
+parser.add_argument("--num-nodes", type=int, default=1)
 parser.add_argument("--epochs", type=int, default=1, help="pretraining epochs")
 parser.add_argument("--generations", type=int, default=9)
 parser.add_argument("--finetune-epochs", type=int, default=1)
@@ -72,7 +73,8 @@ callback = LeGRCallback(
     sample_size=2, finetune_epochs=args.finetune_epochs, latency=False, seed=3,
 )
 trainer = pl.Trainer(
-    accelerator="cpu", devices=args.devices, strategy=args.strategy, max_epochs=args.epochs, callbacks=[callback],
+    accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy, max_epochs=args.epochs,
+    callbacks=[callback],
     logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     default_root_dir=args.root,
 )
