@@ -281,8 +281,8 @@ class LeGRCallback(Callback):
                 "ignored_layers": self.ignored_layers,
                 "customized_pruners": sorted(getattr(k, "__name__", str(k)) for k in self.customized_pruners),
             },
-            "module": {"class": _class_name(pl_module), "hparams": dict(pl_module.hparams)},
-            "datamodule": None if datamodule is None else {"class": _class_name(datamodule), "hparams": dict(datamodule.hparams)},
+            "module": {"class": _class_name(pl_module), "hparams": _hparams(pl_module)},
+            "datamodule": None if datamodule is None else {"class": _class_name(datamodule), "hparams": _hparams(datamodule)},
             "trainer": {"max_epochs": trainer.max_epochs},
             "weights": self.pretrained_weights,
         }
@@ -550,6 +550,12 @@ def _is_number(value: Any) -> bool:
 
 def _class_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _hparams(obj: Any) -> Dict[str, Any]:
+    """The hyperparameters that make a recipe, without the bookkeeping keys LightningCLI adds (``_class_path``,
+    ``_instantiator``): a run started from the command line and the same run from Python are one run."""
+    return {k: v for k, v in dict(obj.hparams).items() if not str(k).startswith("_")}
 
 
 def _digest(transform: Transform) -> str:

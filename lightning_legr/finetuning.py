@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from lightning_legr import _compat
 from lightning_legr._random import derive_seed, seed_all
+from lightning_legr.checkpoint import load_checkpoint
 from lightning_legr.distributed import companion_kwargs
 from lightning_legr.evaluation import DataSources, quiet
 
@@ -96,6 +97,8 @@ def finetune(
     Returns:
         The best checkpoint's path and its ``monitor`` value (None if it was never logged).
     """
+    if resume_from is not None:
+        load_checkpoint(resume_from)  # a file that would run code is refused with our message, before Lightning reads it
     best = _PortableCheckpoint(dirpath=dirpath, filename=BEST, monitor=monitor, mode=mode, save_top_k=1)
     last = _PortableCheckpoint(dirpath=dirpath, filename=LAST, monitor=None, save_top_k=1)
     with quiet():

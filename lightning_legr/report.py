@@ -164,7 +164,10 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
 
 def write_results(rows: Sequence[Dict[str, Any]], csv_path: str, json_path: str, extra: Optional[dict] = None) -> None:
     """Write the rows as CSV and JSON (atomically)."""
-    keys = [k for k, _, _ in COLUMNS]
+    keys = [k for k, _, _ in COLUMNS if k != "checkpoint"]
+    for key in ("latency_b1_ms", "latency_b64_ms"):  # each median followed by its spread
+        keys.insert(keys.index(key) + 1, key.replace("_ms", "_iqr_ms"))
+    keys += ["latency_threads", "latency_rounds", "checkpoint"]
     for row in rows:
         keys += [k for k in row if k not in keys]
     buffer = io.StringIO()

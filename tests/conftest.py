@@ -10,6 +10,8 @@ import pytest
 
 from tests.lightning_helpers import SMALL_SEARCH, tiny_data, tiny_module, trainer
 
+collect_ignore = ["scripts"]  # scripts the tests launch in processes of their own, not tests
+
 
 @dataclass
 class FinishedRun:

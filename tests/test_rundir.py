@@ -141,6 +141,17 @@ class Thing:
     pass
 
 
+def test_lightning_cli_bookkeeping_hyperparameters_do_not_make_another_run(finished_run, tmp_path):
+    copied = tmp_path / "legr"
+    shutil.copytree(finished_run.dirpath, copied)
+    module = tiny_module()
+    module.hparams["_class_path"] = "lightning_legr.demos.digits.DigitsClassifier"  # as LightningCLI adds
+    module.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+    callback = LeGRCallback(dirpath=str(copied), **dict(FINISHED_SETTINGS, latency=False))
+    trainer(tmp_path, [callback], max_epochs=2, logger=False).fit(module, datamodule=tiny_data())
+    assert [r["metric_after"] for r in callback.results] == [r["metric_after"] for r in finished_run.callback.results]
+
+
 def test_the_settings_are_recorded_without_addresses():
     from lightning_legr.rundir import describe
 

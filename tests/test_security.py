@@ -88,3 +88,17 @@ def test_genuine_checkpoints_of_a_run_load_safely(finished_run, tmp_path):
         torch.load(path, weights_only=True)
     copy = shutil.copy(finished_run.dirpath / "flops_0.40" / "last.ckpt", tmp_path / "last.ckpt")
     assert load_pruned(copy, DigitsClassifier) is not None
+
+
+def test_a_hostile_last_checkpoint_is_refused_before_the_fine_tune_resumes(finished_run, tmp_path):
+    from tests.conftest import FINISHED_SETTINGS
+
+    copied = tmp_path / "legr"
+    shutil.copytree(finished_run.dirpath, copied)
+    (copied / "budgets.json").unlink()  # as if the run had died while fine-tuning
+    last = copied / "flops_0.70" / "last.ckpt"
+    plant(last, tmp_path / "ran", torch.load(last, weights_only=True))
+    with pytest.raises(ConfigurationError, match=r"last.ckpt is not a plain checkpoint"):
+        trainer(tmp_path, [LeGRCallback(dirpath=str(copied), **dict(FINISHED_SETTINGS, latency=False))], max_epochs=2,
+                logger=False).fit(tiny_module(), datamodule=tiny_data())
+    assert not (tmp_path / "ran").exists()

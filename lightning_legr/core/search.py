@@ -169,7 +169,7 @@ class LeGRSearch:
         if evolution.generation >= min(evolution.population, evolution.generations) and not np.isfinite(
             [h[0] for h in evolution.history]
         ).any():
-            raise ValueError(
+            raise ConfigurationError(
                 f"Every one of the {evolution.generation} candidates so far scored NaN or infinity on"
                 f" {self.fitness_name}, so the search cannot rank them. Check that the metric is finite for the"
                 " unpruned model and for a pruned one (e.g. a loss that divides by a count, or an empty batch)."
