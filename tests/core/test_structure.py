@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_legr import LeGRPruner, ZeroPadShortcut, count_flops
+from torch_pruning.pruner.function import BasePruningFunc
+
+from lightning_legr import LeGRPruner, ZeroPadShortcut, count_flops, restore
 from lightning_legr.models import cifar_resnet
 from lightning_legr.core.shortcuts import ZeroPadShortcutPruner
 from tests.models import (
@@ -463,3 +465,31 @@ def test_a_layer_that_breaks_once_pruned_is_named_when_the_pruner_is_built():
     with pytest.raises(ValueError, match=r"WithBuffer does not run once pruned: 'b' \(Conv2d\) fails with"
                        r" RuntimeError: .* 'norm' \(RunningScale\) keeps per-channel buffers .* give it a pruner"):
         LeGRPruner(WithBuffer(), torch.randn(1, 3, 8, 8))
+
+
+class RunningScalePruner(BasePruningFunc):
+    """The recipe of docs/supported-architectures.md, "Prune a custom layer"."""
+
+    TARGET_MODULES = RunningScale
+
+    def prune_out_channels(self, layer, idxs):
+        keep = [i for i in range(layer.scale.shape[1]) if i not in set(idxs)]
+        layer.scale = layer.scale[:, keep].clone()
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return layer.scale.shape[1]
+
+    get_in_channels = get_out_channels
+
+
+def test_a_layer_with_a_buffer_prunes_with_its_pruner():
+    pruners = {RunningScale: RunningScalePruner()}
+    torch.manual_seed(0)
+    model, x = WithBuffer().eval(), torch.randn(2, 3, 8, 8)
+    small = LeGRPruner(model, x[:1], customized_pruners=pruners).prune(0.4).eval()
+    assert small.norm.scale.shape[1] == small.a.out_channels < 8
+    rebuilt = restore(WithBuffer(), state_dict=small.state_dict(), customized_pruners=pruners).eval()
+    assert torch.equal(rebuilt(x), small(x))
