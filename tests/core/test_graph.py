@@ -69,6 +69,14 @@ def trace(model, x=X, graph=None):
         return graph.build_dependency(model, x, forward_fn=run_model, verbose=False)
 
 
+def traced_and_installed(how):
+    """A Padded model that replays its channel op (installed, not yet pruned), and the op as traced."""
+    model = Padded(how).eval()
+    (op,) = trace(model).tracer.ops
+    install_channel_op(model, op.describe())
+    return model, op
+
+
 def out_group(graph, module):
     group = graph.get_pruning_group(module, tp.prune_conv_out_channels, list(range(module.out_channels)))
     return {(item.dep.target.module, graph.is_out_channel_pruning_fn(item.dep.handler)): item.idxs for item in group}
@@ -129,18 +137,14 @@ def test_replayed_placement_computes_the_pruned_mapping(how):
 
 
 def test_replay_refuses_a_feature_map_of_the_wrong_width():
-    model = Padded("pad").eval()
-    (op,) = trace(model).tracer.ops
-    install_channel_op(model, op.describe())
+    model, op = traced_and_installed("pad")
     tp.prune_conv_out_channels(model.a, [0])  # the op still expects 4 input channels
     with pytest.raises(RuntimeError, match=r"F.pad on the channel axis in the model's forward \(call 0\) got 3 channels"):
         model(X)
 
 
 def test_a_pruned_model_is_traced_again_through_its_replayed_ops():
-    model = Padded("zeros").eval()
-    (op,) = trace(model).tracer.ops
-    install_channel_op(model, op.describe())
+    model, op = traced_and_installed("zeros")
     PlacementPruner().prune_out_channels(installed_channel_op(model, op.target), [0])
     tp.prune_conv_out_channels(model.b, [0])
     tp.prune_conv_in_channels(model.c, [0])
@@ -181,9 +185,7 @@ def test_calls_are_counted_per_host():
 
 
 def test_installed_ops_survive_deepcopy_and_pickling():
-    model = Padded("pad").eval()
-    (op,) = trace(model).tracer.ops
-    install_channel_op(model, op.describe())
+    model, op = traced_and_installed("pad")
     PlacementPruner().prune_in_channels(installed_channel_op(model, op.target), [2])
     tp.prune_conv_out_channels(model.a, [2])
     x = torch.randn(2, 3, 8, 8)
@@ -194,9 +196,7 @@ def test_installed_ops_survive_deepcopy_and_pickling():
 
 
 def test_an_installed_op_from_another_model_is_refused():
-    model = Padded("pad").eval()
-    (op,) = trace(model).tracer.ops
-    install_channel_op(model, op.describe())
+    model, op = traced_and_installed("pad")
     other = dict(op.describe(), in_channels=5)
     with pytest.raises(ValueError, match="expects .* to map 5 -> 8 channels; this model's maps 4 -> 8"):
         install_channel_op(model, other)
