@@ -15,7 +15,7 @@ The design, and why:
 1. **Recognized while torch-pruning traces.** :class:`ExtendedGraph` runs torch-pruning's own
    example forward under a ``TorchFunctionMode`` (``_Tracer``) that sees every ``F.pad`` and
    ``torch.cat`` call and which module makes it (its *host*, the innermost module running). A
-   call that places one feature map among constant channels is computed by ``_place``, an
+   call that places one feature map among constant channels is computed by ``_Place``, an
    autograd function whose node has exactly that feature map as input, and the node is declared
    to be a :class:`ChannelPad` before torch-pruning walks the graph (the one overridden method,
    ``_trace_computational_graph``, fills the same grad_fn-to-module map torch-pruning fills with
@@ -27,12 +27,22 @@ The design, and why:
    such as a zero buffer, by value. Nothing in the user's model changes.
 2. **Replayed after pruning.** The user's code still pads with the constants it was built with
    (``planes // 4``) or appends zeros to whatever it gets, so the pruned copy would compute the
-   wrong width. The pruned copy's host module gets a forward pre-hook and hook pair
-   (``_HostOps``) that run its forward under a mode which replaces that call, identified by its
-   place among the host's ``F.pad``/``torch.cat`` calls, by the pruned placement. The pruning
-   record stores each op's description, so ``restore`` installs the same hooks on a freshly
-   built model without tracing, and a pruned model can be traced and pruned again (the
-   installed ops report themselves to the tracer).
+   wrong width. Every recognized call gets, in the pruned copy, a forward pre-hook and hook pair
+   on its host (``_HostOps``) that run the host's forward under a mode (``_Replay``) which
+   replaces the call, identified by its place among the host's ``F.pad``/``torch.cat`` calls, by
+   the pruned placement. All of them, pruned or not, so that a call is never seen by an outer
+   host, exactly as when it was traced. The pruning record stores each call's description, so
+   ``restore`` installs the same hooks on a freshly built model without tracing, and a pruned
+   model can be traced and pruned again (the replayed calls report themselves to the tracer).
+3. **The rest of what tracing misses.** Hand-written LayerNorms (ConvNeXt's, with
+   ``normalized_shape`` beside ``weight``) get :class:`LayerNormLikePruner`; ops that move
+   channels where torch-pruning maps them one to one (channel and pixel shuffles, a transpose of a
+   channel axis split by a view) are noted in ``tracer.regrouping``, and every op's autograd node
+   in ``tracer.origins`` with its module, so that ``Structure`` can say which op and module a
+   refused group goes through.
+
+The replay is Python (forward hooks and a ``TorchFunctionMode``): exporting a pruned model
+(TorchScript, ONNX) needs the shortcut written as a module, e.g. ``ZeroPadShortcut``.
 
 Why not FX or a rewritten model: ``torch.fx`` cannot trace data-dependent code such as
 ``self.out_channels - x.size(1)`` in ``DownsampleA``, and would hand back a ``GraphModule``
@@ -145,7 +155,9 @@ class ChannelPad(_Placement):
         return cls(**description)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Place.apply(x, self.src.to(x.device), self.dst.to(x.device), self.out_channels, self.fill)
+        if self.src.device != x.device:  # not a module of the model: model.to() does not move it
+            self.src, self.dst = self.src.to(x.device), self.dst.to(x.device)
+        return _Place.apply(x, self.src, self.dst, self.out_channels, self.fill)
 
     def replay(self, func, args, kwargs) -> torch.Tensor:
         """Compute the intercepted call ``func(*args, **kwargs)`` with this (pruned) mapping."""
