@@ -270,10 +270,12 @@ def _cat_dim(args, kwargs, ndim: int) -> int:
 
 # ------------------------------------------------------------------------------------------ tracing
 class _Frame:
-    __slots__ = ("module", "name", "calls")
+    """A module's forward, running: its name and the F.pad / torch.cat calls counted so far."""
 
-    def __init__(self, module: nn.Module, name: str) -> None:
-        self.module, self.name, self.calls = module, name, 0
+    __slots__ = ("name", "calls")
+
+    def __init__(self, name: str) -> None:
+        self.name, self.calls = name, 0
 
 
 class _Tracer(TorchFunctionMode):
@@ -314,7 +316,7 @@ class _Tracer(TorchFunctionMode):
             self._split.clear()
 
     def _enter(self, module, args) -> None:
-        self.frames.append(_Frame(module, self.names.get(module, type(module).__name__)))
+        self.frames.append(_Frame(self.names.get(module, type(module).__name__)))
 
     def _exit(self, module, args, output) -> None:
         self.frames.pop()
@@ -343,6 +345,9 @@ class _Tracer(TorchFunctionMode):
                 for frame in self.frames:
                     frame.calls += 1
                 out = func(*args, **kwargs)
+                if func in _CAT and self._joins_a_constant(args, kwargs) and out.grad_fn is not None:
+                    # torch-pruning sees only the inputs with autograd history and loses every offset
+                    self.regrouping[out.grad_fn] = (f"{_NAMES[func]} with a constant tensor", self.host)
             else:
                 if self.frames:
                     self.frames[-1].calls += 1
@@ -394,6 +399,13 @@ class _Tracer(TorchFunctionMode):
         out_channels = sum(t.shape[1] for t in tensors)
         src = range(channels)
         return ChannelPad("cat", self.host, index, channels, out_channels, src, [c + offset for c in src], 0.0, position)
+
+    def _joins_a_constant(self, args, kwargs) -> bool:
+        tensors = [t for t in _cat_inputs(args, kwargs) if isinstance(t, torch.Tensor)]
+        if not tensors or tensors[0].dim() < 2 or _cat_dim(args, kwargs, tensors[0].dim()) != 1:
+            return False
+        constant = [t.grad_fn is None and not t.requires_grad for t in tensors]
+        return any(constant) and not all(constant)
 
     def _is_zero(self, t: torch.Tensor) -> bool:
         if id(t) in self._zeros:

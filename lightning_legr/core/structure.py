@@ -206,11 +206,11 @@ class Structure:
         roots = FLOP_LAYER_TYPES
         for tp_group in self.graph.get_all_groups(ignored_layers=_IdentityList(), root_module_types=roots):
             name = self.module_names[tp_group[0].dep.target.module]
-            self._check_positions(name, tp_group)
             members = [m for m in (self._member(item) for item in tp_group) if m is not None]
             width = len(tp_group[0].idxs)
             why, steps = self._unprunable_reason(tp_group), None
             if why is None:
+                self._check_positions(name, tp_group)  # a group left alone cannot break the model
                 steps, why = _steps(width, members)
             if why:
                 skipped.append((name, why))
@@ -235,7 +235,10 @@ class Structure:
                 return "its channels are outputs of the model"
             if node.grad_fn in regrouping:
                 op, host = regrouping[node.grad_fn]
-                return f"its channels pass through {op} in {_where(host)}, which moves channels in a way the tracer cannot follow"
+                return (
+                    f"its channels pass through {op} in {_where(host)}, which moves channels in a way the tracer"
+                    " cannot follow"
+                )
             if isinstance(module, nn.Parameter):
                 name = self.graph._param_to_name[module]
                 if self._owner(name) in self.ignored:

@@ -29,7 +29,7 @@ __all__ = ["RECORD_ATTR", "RECORD_KEY", "plan", "apply_plan", "restore", "prunin
 RECORD_ATTR = "legr_pruning"  # the attribute of a pruned model that holds its record
 RECORD_KEY = RECORD_ATTR  # and its key in the model's state dict
 FORMAT = "lightning-legr/pruning"
-VERSION = 1
+VERSION = 2  # 2: steps may carry "channel_ops" (zero-padding calls replayed); such records are written as 2
 
 
 def plan(structure: Structure, selection: Selection) -> List[Dict[str, Any]]:
@@ -64,7 +64,7 @@ def apply_plan(
     """Remove the listed channels from ``model``, in place.
 
     ``channel_ops`` describe the zero-padding calls of the model's ``forward``
-    (:class:`~lightning_legr.core.shortcuts.ChannelPad`): they are installed first, so that the
+    (:class:`~lightning_legr.core.graph.ChannelPad`): they are installed first, so that the
     pruned model replays them with its new widths, and entries can name them (``host@index``).
     """
     graph = _pruners(model, customized_pruners)
@@ -152,7 +152,9 @@ def prune_copy(
     if channel_ops:
         step["channel_ops"] = channel_ops
     step.update(info or {})
-    _attach(model, {"format": FORMAT, "version": VERSION, "steps": steps + [step]})
+    steps = steps + [step]
+    version = 2 if any("channel_ops" in s for s in steps) else 1  # an older reader would drop the replay
+    _attach(model, {"format": FORMAT, "version": version, "steps": steps})
     return model
 
 

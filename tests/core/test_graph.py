@@ -224,6 +224,21 @@ def test_two_feature_maps_among_zeros_are_refused_by_name():
         trace(Concat(zeros=True).eval())
 
 
+def test_a_concatenation_with_a_constant_is_noted_as_regrouping():
+    class Coords(nn.Module):  # CoordConv-style: constant channels in front of the features
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(6, 2, 1)
+            self.register_buffer("grid", torch.linspace(-1, 1, 8).expand(1, 2, 8, 8).clone())
+
+        def forward(self, x):
+            return self.b(torch.cat([self.grid.expand(x.size(0), -1, -1, -1), self.a(x)], 1))
+
+    graph = trace(Coords().eval())
+    assert graph.tracer.ops == []
+    assert list(graph.tracer.regrouping.values()) == [("torch.cat with a constant tensor", "")]
+
+
 class Shuffle(nn.Module):
     def __init__(self, manual: bool) -> None:
         super().__init__()

@@ -8,6 +8,7 @@ channels in the original.
 
 import copy
 import io
+import math
 import warnings
 
 import numpy as np
@@ -169,6 +170,28 @@ def test_grouped_convolutions_lose_the_same_offsets_in_every_group(name, grouped
     assert pruned.weight.shape[1] == pruned.in_channels // groups < before
 
 
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_safeguard_and_round_to_work_in_whole_steps(round_to):
+    """RegNet's groups feed grouped convs with 2 and 4 groups: widths stay multiples of the step and
+    of round_to, the safeguard keeps whole steps, and the FLOP model stays exact."""
+    pruner = LeGRPruner(zoo_pruner("regnet").model, X, safeguard=0.3, round_to=round_to)
+    groups = pruner.structure.groups
+    assert {g.step for g in groups} == {1, 2, 4}
+    units = np.array([g.step * round_to // math.gcd(g.step, round_to) for g in groups])
+    floor = np.minimum(pruner.structure.widths, -(-np.ceil(0.3 * pruner.structure.widths - 1e-9) // units) * units)
+    for budget in (pruner.min_flops, 0.5, 0.8):
+        selection = pruner.select(budget)
+        full = selection.widths == pruner.structure.widths
+        assert ((selection.widths % units == 0) | full).all(), (selection.widths, units)
+        assert (selection.widths >= floor).all()
+        measured = count_flops(pruner.apply(selection), X)
+        assert measured == pytest.approx(selection.flops, rel=1e-9)
+        assert measured <= budget * pruner.total_flops * (1 + 1e-9)
+        if round_to == 1:  # with round_to, a net this small has too few steps for 1%
+            assert measured >= 0.99 * budget * pruner.total_flops
+    assert np.array_equal(pruner.select(pruner.min_flops).widths, floor)
+
+
 @pytest.mark.parametrize(
     "name, hidden, output",
     [("convnext", "stages.0.0.pwconv1", "head"), ("mobilenet_v3", "classifier.0", "classifier.3"),
@@ -236,6 +259,8 @@ def test_pruning_twice_and_restoring_a_two_step_record(tmp_path):
     assert count_flops(twice, X) <= 0.7 * 0.6 * count_flops(model, X) * (1 + 1e-9)
     record = pruning_record(twice)
     assert len(record["steps"]) == 2 and all(step["channel_ops"] for step in record["steps"])
+    assert record["version"] == 2  # an older lightning-legr refuses it rather than drop the replay
+    assert pruning_record(LeGRPruner(build_zoo("option_a_zeropad"), X).prune(0.5))["version"] == 1
     buffer = io.BytesIO()
     torch.save(twice.state_dict(), buffer)
     buffer.seek(0)
