@@ -493,3 +493,13 @@ def test_a_layer_with_a_buffer_prunes_with_its_pruner():
     assert small.norm.scale.shape[1] == small.a.out_channels < 8
     rebuilt = restore(WithBuffer(), state_dict=small.state_dict(), customized_pruners=pruners).eval()
     assert torch.equal(rebuilt(x), small(x))
+
+
+def test_bn_criterion_on_linear_hidden_features_says_what_to_do():
+    from tests.models import vgg_small
+
+    model = vgg_small().eval()
+    with pytest.raises(ValueError, match=r"'bn' found nothing to score in group 'classifier.1'.*'l2', 'l1'"):
+        LeGRPruner(model, example_input(), criterion="bn")
+    ignoring = LeGRPruner(model, example_input(), criterion="bn", ignored_layers=["classifier.1"])
+    assert ignoring.num_groups == 5  # the hidden layer, and the last conv whose channels it reads
