@@ -18,7 +18,7 @@ from typing_extensions import override
 from lightning_legr import _compat
 from lightning_legr._random import CANDIDATE, CHECKS, FINETUNE, derive_seed, seeded
 from lightning_legr.checkpoint import load_checkpoint, save_module_checkpoint
-from lightning_legr.core._io import read_json, write_text
+from lightning_legr.core._io import read_json, write_json, write_text
 from lightning_legr.core.criteria import get_criterion
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
@@ -417,14 +417,16 @@ class LeGRCallback(Callback):
         )
         if state is not None and not ranks.zero:  # rank 0 read the file itself; the others take its copy
             search.load_state_dict(state)
-        summary = pruner.structure.describe()
+        summary = pruner.structure.summary()
         if ranks.zero:
             write_text(run.file(RunDirectory.STRUCTURE), summary + "\n")
+            write_json(run.file(RunDirectory.LAYERS), {"layers": pruner.structure.layer_table()})
+        rank_zero_info(summary)
         rank_zero_info(
             f"LeGR: learning the ranking, {self.generations} candidates at"
             f" {', '.join(f'{b:.0%}' for b in self.search_budgets)} of the FLOPs"
             + (f", {ranks.size} at a time on {ranks.size} ranks" if ranks.size > 1 else "")
-            + f" ({RunDirectory.STRUCTURE}: {summary.splitlines()[0].rstrip(':')})"
+            + f" (the layers above: {RunDirectory.STRUCTURE}, {RunDirectory.LAYERS})"
         )
         names = [g.name for g in pruner.structure.groups]
         bar = tqdm(

@@ -60,7 +60,8 @@ class RunDirectory:
     SEARCH_STATE = "search_state.json"
     TRANSFORM = "transform.json"
     BUDGETS = "budgets.json"
-    STRUCTURE = "structure.txt"
+    STRUCTURE = "structure.txt"  # every conv and linear layer: prunable, or why not
+    LAYERS = "layers.json"  # the same, as JSON
     PRUNED = "pruned.ckpt"
     LAST = "last.ckpt"
 

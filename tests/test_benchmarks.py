@@ -21,6 +21,16 @@ def test_core_speed_smoke(capsys):
     out = capsys.readouterr().out
     assert "select channels for one budget: median" in out and "one candidate" in out
     assert "ptflops vs budget, worst relative error" in out
+    assert "ResNet-56" in out and "ResNeXt-29-style (8 groups, random init): 22 groups (steps of 1, 8 channels)" in out
+
+
+def test_fpad_resnet56_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    args = ["--smoke", "--data", str(tmp_path / "none.tar.xz"), "--weights", str(tmp_path / "none.pt")]
+    assert load("fpad_resnet56").main(args) == 0  # as on a machine without ../shared
+    out = capsys.readouterr().out
+    assert "ResNet-14 from random weights; 200 test images" in out
+    assert "same channels removed: True; identical outputs on 64 images: True" in out
 
 
 @pytest.mark.slow

@@ -52,7 +52,13 @@ def test_fit_search_two_budgets_and_reload(finished_run):
     assert json.loads((dirpath / "search_state.json").read_text())["evolution"]["generation"] == 5
     base_weights = torch.load(dirpath / "base.ckpt", weights_only=True)["state_dict"]
     assert base_weights["model.classifier.weight"].shape[1] == 32
-    assert "prunable channel groups" in (dirpath / "structure.txt").read_text()
+    summary = (dirpath / "structure.txt").read_text()
+    layers = json.loads((dirpath / "layers.json").read_text())["layers"]
+    assert [r["name"] for r in layers] == [n for n, m in tiny_module().named_modules()
+                                           if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert layers[-1]["name"] == "model.classifier" and not layers[-1]["prunable"]
+    assert all(r["prunable"] for r in layers[:-1]) and all(r["name"] in summary for r in layers)
+    assert summary.strip() in finished_run.log  # printed at the start of the search too
 
     # the Trainer's logger got the search and the fine-tuning, the latter under a per-budget prefix
     rows = read_csv(finished_run.trainer.logger.log_dir + "/metrics.csv")

@@ -1,7 +1,8 @@
 """The LeGR algorithm without Lightning: torch, torch-pruning, numpy and ptflops only.
 
 The modules follow the pipeline, each depending only on those before it:
-structure (channel groups, traced once) -> shortcuts (zero-pad shortcuts torch-pruning can prune) ->
+shortcuts (the ZeroPadShortcut module) -> graph (the torch-pruning extension: zero-pad shortcuts as
+written, hand-written LayerNorms) -> structure (channel groups, traced once) ->
 criteria (base filter importance) -> flops (the cost of a selection) -> selection (LeGR-Pruning for one
 budget) -> surgery (physical removal, the pruning record) -> calibration (BatchNorm statistics) ->
 transform (the learned per-group affine) -> pruner (all of the above for one model) -> evolution

@@ -49,7 +49,9 @@ class Criterion:
         if not bool((count > 0).all()):
             raise ValueError(
                 f"Criterion {self.name!r} found nothing to score in group {group.name!r}"
-                f" (members: {[m.target for m in group.members][:6]})."
+                f" (members: {[m.target for m in group.members][:6]}). A group without what the criterion"
+                " reads (e.g. the hidden features of a linear layer have no BatchNorm) needs another criterion"
+                " ('l2', 'l1'), or its layers in `ignored_layers`."
             )
         return total / count
 

@@ -52,11 +52,9 @@ class FlopModel:
             for member in group.members:
                 if member.target not in row:
                     continue
-                module = member.module
-                if member.role == "in" and isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1:
-                    continue  # depthwise: input channels per conv group stay 1
+                weight = _per_group_share(member.module, member.role)
                 matrix = self.out_incidence if member.role == "out" else self.in_incidence
-                np.add.at(matrix[row[member.target]], structure.offsets[group.index] + member.channels, 1.0)
+                np.add.at(matrix[row[member.target]], structure.offsets[group.index] + member.channels, weight)
         self.constant = 0.0
         self.total = self.flops(np.zeros(structure.num_channels))
 
@@ -84,6 +82,22 @@ class FlopModel:
             + (self.a * inp + self.b) @ units_out
             + np.einsum("l,lu,lu->u", self.a, units_in, units_out)
         )
+
+
+def _per_group_share(module: nn.Module, role: str) -> float:
+    """How much removing one channel shrinks the layer's ``in`` / ``out`` term of the FLOP model.
+
+    A conv's FLOPs count input channels *per conv group*: a grouped conv loses ``1 / groups`` of
+    an input channel per channel removed (whole steps remove one from every group), a depthwise
+    conv none (its groups shrink with its channels).
+    """
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+        return 1.0
+    per_group_side = "out" if module.transposed else "in"
+    if role != per_group_side:
+        return 1.0
+    depthwise = module.groups == module.out_channels
+    return 0.0 if depthwise else 1.0 / module.groups
 
 
 def _layer_terms(module: nn.Module, in_positions: int, out_positions: int):

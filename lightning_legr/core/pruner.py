@@ -1,14 +1,15 @@
 """LeGRPruner: structure, scores, FLOP model and selection of one model, built once and reused."""
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from torch import nn
 
 from lightning_legr.core.criteria import Criterion, get_criterion
 from lightning_legr.core.flops import FlopModel, calibrate
 from lightning_legr.core.selection import Selection, Selector
-from lightning_legr.core.structure import ExampleInputs, Structure
+from lightning_legr.core.structure import ExampleInputs, Structure, run_model
 from lightning_legr.core.surgery import prune_copy
 from lightning_legr.core.transform import Transform
 
@@ -61,6 +62,7 @@ class LeGRPruner:
         self.selector = Selector(self.structure, self.flop_model, self.base_scores, safeguard, round_to)
         self.safeguard = safeguard
         self.round_to = round_to
+        _check_runs_pruned(self)
 
     @property
     def model(self) -> nn.Module:
@@ -104,6 +106,60 @@ class LeGRPruner:
         """A physically pruned deep copy of the model, without the channels ``selection`` removes."""
         info = {"flops": selection.flops, "original_flops": selection.total_flops}
         return prune_copy(self.structure, selection, self.customized_pruners, info)
+
+
+def _check_runs_pruned(pruner: LeGRPruner) -> None:
+    """Prune once to the smallest budget and run the example: a layer whose per-channel state
+    torch-pruning does not prune (a buffer, a shape kept in an attribute) fails here, by name,
+    instead of in the middle of a search."""
+    small = pruner.prune(pruner.min_flops).eval()
+    running: List[str] = []
+    names = {m: n for n, m in small.named_modules()}
+
+    def enter(module, args) -> None:
+        running.append(names[module])
+
+    def leave(module, args, output) -> None:  # not called when the forward raises: the failing layer stays
+        running.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in small.modules()]
+    handles += [m.register_forward_hook(leave) for m in small.modules()]
+    try:
+        with torch.no_grad():
+            run_model(small, pruner.structure.example_inputs)
+    except Exception as err:  # noqa: BLE001 - whatever fails, the message must say where
+        where = running[-1] if running else ""
+        layer = type(small.get_submodule(where)).__name__
+        suspects = _unpruned_channel_state(pruner)
+        culprits = ", ".join(f"{n!r} ({type(pruner.model.get_submodule(n)).__name__})" for n in suspects)
+        advice = (
+            f" {culprits} {'keep' if len(suspects) > 1 else 'keeps'} per-channel buffers that torch-pruning does"
+            f" not prune: give {'them pruners' if len(suspects) > 1 else 'it a pruner'}"
+            if suspects
+            else f" {where or 'its forward'!r}, or a layer that feeds it, probably keeps per-channel state that"
+            " torch-pruning does not prune (a buffer, or a shape in an attribute): give it a pruner"
+        )
+        raise ValueError(
+            f"{type(pruner.model).__name__} does not run once pruned: {where or 'its forward'!r} ({layer}) fails"
+            f" with {type(err).__name__}: {err}.{advice} (`customized_pruners`, see"
+            " docs/supported-architectures.md) or add it to `ignored_layers`."
+        ) from err
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _unpruned_channel_state(pruner: LeGRPruner) -> List[str]:
+    """Modules outside every channel group holding a buffer as wide as a group that is pruned."""
+    members = {m.target for g in pruner.structure.groups for m in g.members}
+    widths = {int(w) for w in pruner.structure.widths}
+    found = []
+    for name, module in pruner.model.named_modules():
+        if name in members:
+            continue
+        if any(d in widths for b in module.buffers(recurse=False) for d in b.shape[1:] or b.shape):
+            found.append(name)
+    return found
 
 
 def prune(

@@ -71,8 +71,10 @@ class Selector:
         structure: the model's channel groups.
         flop_model: its FLOP model.
         base_scores: per group, the base importance of each channel.
-        safeguard: share of every group that is always kept; at least one channel.
-        round_to: keep every group's width a multiple of this (or its full width).
+        safeguard: share of every group that is always kept; at least one channel (one step of a
+            group that feeds grouped convolutions).
+        round_to: keep every group's width a multiple of this (or its full width); with steps of
+            ``step`` channels, a multiple of both.
     """
 
     def __init__(
@@ -89,20 +91,25 @@ class Selector:
         self.num_channels = structure.num_channels
         units_group, units_score, units_channels = [], [], []
         self.min_widths = np.zeros(len(self.widths), dtype=np.int64)
-        for g, (width, scores) in enumerate(zip(self.widths, base_scores)):
+        for g, (group, scores) in enumerate(zip(structure.groups, base_scores)):
+            width, step = group.width, group.step
+            # widths stay whole numbers of steps, and multiples of round_to: multiples of `unit` channels
+            unit = step * round_to // math.gcd(step, round_to)
             keep = min(width, max(math.ceil(safeguard * width - 1e-9), 1))
-            keep = min(width, -(-keep // round_to) * round_to)
+            keep = min(width, -(-keep // unit) * unit)
             self.min_widths[g] = keep
-            ascending = np.argsort(scores, kind="stable")
-            removable = ascending[: width - keep]
-            first = (width - keep) % round_to
+            step_scores = np.asarray(scores)[group.steps].mean(1)  # torch-pruning's mean over the groups
+            ascending = np.argsort(step_scores, kind="stable")
+            removable = ascending[: (width - keep) // step]
+            per_unit = unit // step
+            first = len(removable) % per_unit
             chunks = ([removable[:first]] if first else []) + [
-                removable[i : i + round_to] for i in range(first, len(removable), round_to)
+                removable[i : i + per_unit] for i in range(first, len(removable), per_unit)
             ]
             for chunk in chunks:
                 units_group.append(g)
-                units_score.append(float(np.mean(scores[chunk])))
-                units_channels.append(np.sort(chunk) + structure.offsets[g])
+                units_score.append(float(np.mean(step_scores[chunk])))
+                units_channels.append(np.sort(group.steps[chunk].ravel()) + structure.offsets[g])
         self.unit_group = np.asarray(units_group, dtype=np.int64)
         self.unit_score = np.asarray(units_score, dtype=np.float64)
         self.unit_channels = units_channels

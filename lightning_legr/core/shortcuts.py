@@ -1,4 +1,4 @@
-"""Zero-padding ("option A") ResNet shortcut that torch-pruning can prune correctly."""
+"""Zero-padding ("option A") ResNet shortcut as a module, and the pruner of such channel placements."""
 
 from typing import Sequence
 
@@ -6,21 +6,29 @@ import torch
 from torch import nn
 from torch_pruning.pruner.function import BasePruningFunc
 
-__all__ = ["ZeroPadShortcut", "ZeroPadShortcutPruner"]
+__all__ = ["ZeroPadShortcut", "PlacementPruner", "ZeroPadShortcutPruner"]
 
 
-class ZeroPadShortcut(nn.Module):
+class _Placement(nn.Module):
+    """A parameter-free op that places input channels ``src`` at output channels ``dst``."""
+
+    in_channels: int
+    out_channels: int
+    src: torch.Tensor
+    dst: torch.Tensor
+
+
+class ZeroPadShortcut(_Placement):
     """Subsample spatially, then place the input channels among zero channels.
 
     This is the parameter-free shortcut of the CIFAR ResNets (He et al., option A)::
 
         F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, pad, pad))
 
-    written as a module that knows which output channel each input channel lands in. Written with
-    ``F.pad`` inside a lambda, the channel offset is baked into the code: torch-pruning then sees an
-    element-wise op, couples the two stages' channels one to one, and the pruned network breaks.
-    Here the mapping is data (``src`` -> ``dst``), so the input and output channels can be pruned
-    independently and the mapping follows.
+    written as a module that knows which output channel each input channel lands in. LeGR also
+    recognizes the ``F.pad`` form (and ``torch.cat`` with zeros) as written in a model, so this
+    module is an option, not a requirement: it makes the mapping visible in the model's repr and
+    costs nothing at run time.
 
     Args:
         in_channels: channels of the input.
@@ -74,29 +82,34 @@ def _drop(channels: torch.Tensor, pruned: Sequence[int], size: int):
     return ~removed[channels], new_index
 
 
-class ZeroPadShortcutPruner(BasePruningFunc):
-    """torch-pruning handler for :class:`ZeroPadShortcut`.
+class PlacementPruner(BasePruningFunc):
+    """torch-pruning handler for :class:`ZeroPadShortcut` and :class:`ChannelPad`.
 
     Input and output channels are pruned by different functions, so torch-pruning does not couple
-    them: each stage keeps its own channel group, as the zero channels in between demand.
+    them: each stage keeps its own channel group, as the constant channels in between demand.
     """
 
-    TARGET_MODULES = ZeroPadShortcut
+    TARGET_MODULES = _Placement
 
-    def prune_out_channels(self, layer: ZeroPadShortcut, idxs: Sequence[int]) -> ZeroPadShortcut:
+    def prune_out_channels(self, layer: _Placement, idxs: Sequence[int]) -> _Placement:
         keep, new_index = _drop(layer.dst, idxs, layer.out_channels)
         layer.src, layer.dst = layer.src[keep], new_index[layer.dst[keep]]
         layer.out_channels -= len(idxs)
         return layer
 
-    def prune_in_channels(self, layer: ZeroPadShortcut, idxs: Sequence[int]) -> ZeroPadShortcut:
+    def prune_in_channels(self, layer: _Placement, idxs: Sequence[int]) -> _Placement:
         keep, new_index = _drop(layer.src, idxs, layer.in_channels)
         layer.src, layer.dst = new_index[layer.src[keep]], layer.dst[keep]
         layer.in_channels -= len(idxs)
         return layer
 
-    def get_out_channels(self, layer: ZeroPadShortcut) -> int:
+    def get_out_channels(self, layer: _Placement) -> int:
         return layer.out_channels
 
-    def get_in_channels(self, layer: ZeroPadShortcut) -> int:
+    def get_in_channels(self, layer: _Placement) -> int:
         return layer.in_channels
+
+
+ZeroPadShortcutPruner = PlacementPruner  # its name before ChannelPad shared it
+
+

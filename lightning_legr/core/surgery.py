@@ -20,7 +20,8 @@ import torch_pruning as tp
 from torch import nn
 
 from lightning_legr.core.selection import Selection
-from lightning_legr.core.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner
+from lightning_legr.core.graph import default_pruners, install_channel_op, installed_channel_op, is_channel_op
+from lightning_legr.core.shortcuts import PlacementPruner
 from lightning_legr.core.structure import Structure
 
 __all__ = ["RECORD_ATTR", "RECORD_KEY", "plan", "apply_plan", "restore", "pruning_record", "prune_copy"]
@@ -28,7 +29,7 @@ __all__ = ["RECORD_ATTR", "RECORD_KEY", "plan", "apply_plan", "restore", "prunin
 RECORD_ATTR = "legr_pruning"  # the attribute of a pruned model that holds its record
 RECORD_KEY = RECORD_ATTR  # and its key in the model's state dict
 FORMAT = "lightning-legr/pruning"
-VERSION = 1
+VERSION = 2  # 2: steps may carry "channel_ops" (zero-padding calls replayed); such records are written as 2
 
 
 def plan(structure: Structure, selection: Selection) -> List[Dict[str, Any]]:
@@ -47,21 +48,40 @@ def plan(structure: Structure, selection: Selection) -> List[Dict[str, Any]]:
     ]
 
 
-def _pruners(customized_pruners: Optional[Dict[Any, Any]]) -> tp.DependencyGraph:
+def _pruners(model: nn.Module, customized_pruners: Optional[Dict[Any, Any]]) -> tp.DependencyGraph:
     graph = tp.DependencyGraph()  # not built: only its table of pruning functions is used
-    for layer_type, pruner in {ZeroPadShortcut: ZeroPadShortcutPruner(), **(customized_pruners or {})}.items():
+    for layer_type, pruner in {**default_pruners(model), **(customized_pruners or {})}.items():
         graph.register_customized_layer(layer_type, pruner)
     return graph
 
 
 def apply_plan(
-    model: nn.Module, entries: Sequence[Dict[str, Any]], customized_pruners: Optional[Dict[Any, Any]] = None
+    model: nn.Module,
+    entries: Sequence[Dict[str, Any]],
+    customized_pruners: Optional[Dict[Any, Any]] = None,
+    channel_ops: Sequence[Dict[str, Any]] = (),
 ) -> nn.Module:
-    """Remove the listed channels from ``model``, in place."""
-    graph = _pruners(customized_pruners)
+    """Remove the listed channels from ``model``, in place.
+
+    ``channel_ops`` describe the zero-padding calls of the model's ``forward``
+    (:class:`~lightning_legr.core.graph.ChannelPad`): they are installed first, so that the
+    pruned model replays them with its new widths, and entries can name them (``host@index``).
+    """
+    graph = _pruners(model, customized_pruners)
     modules = dict(model.named_modules())
+    for description in channel_ops:
+        install_channel_op(model, description)
     for entry in entries:
         target, positions = entry["target"], list(entry["positions"])
+        if is_channel_op(target):
+            op = installed_channel_op(model, target)
+            if op is None:
+                raise ValueError(f"The pruning record prunes channel op {target!r} but does not describe it.")
+            out = entry["role"] == "out"
+            pruner = PlacementPruner()
+            _check_positions(target, positions, op.out_channels if out else op.in_channels)
+            (pruner.prune_out_channels if out else pruner.prune_in_channels)(op, positions)
+            continue
         if entry.get("param_dim") is not None:
             parent_name, _, attr = target.rpartition(".")
             parent = modules.get(parent_name)
@@ -117,9 +137,10 @@ def prune_copy(
     model appends a step to the record it inherited.
     """
     entries = plan(structure, selection)
+    channel_ops = [op.describe() for op in structure.channel_ops]
     with _one_thread():
         model = copy.deepcopy(structure.model)
-        apply_plan(model, entries, customized_pruners)
+        apply_plan(model, entries, customized_pruners, channel_ops)
     previous = pruning_record(structure.model)
     steps = list(previous["steps"]) if previous else []
     step = {
@@ -128,8 +149,12 @@ def prune_copy(
         "widths": {g.name: int(w) for g, w in zip(structure.groups, selection.widths)},
         "layers": entries,
     }
+    if channel_ops:
+        step["channel_ops"] = channel_ops
     step.update(info or {})
-    _attach(model, {"format": FORMAT, "version": VERSION, "steps": steps + [step]})
+    steps = steps + [step]
+    version = 2 if any("channel_ops" in s for s in steps) else 1  # an older reader would drop the replay
+    _attach(model, {"format": FORMAT, "version": version, "steps": steps})
     return model
 
 
@@ -207,7 +232,7 @@ def restore(
                 f" parameters, but this model is a {found['class']} with {found['params']}: the record belongs to"
                 " another architecture (or this model is not freshly built)."
             )
-        apply_plan(model, step["layers"], customized_pruners)
+        apply_plan(model, step["layers"], customized_pruners, step.get("channel_ops", ()))
     _attach(model, copy.deepcopy(record))
     if state_dict is not None:
         model.load_state_dict(state_dict)

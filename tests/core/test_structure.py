@@ -2,6 +2,7 @@
 shortcuts, the model left untouched, and the base criteria."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_legr import LeGRPruner, ZeroPadShortcut, count_flops
+from torch_pruning.pruner.function import BasePruningFunc
+
+from lightning_legr import LeGRPruner, ZeroPadShortcut, count_flops, restore
 from lightning_legr.models import cifar_resnet
 from lightning_legr.core.shortcuts import ZeroPadShortcutPruner
 from tests.models import (
@@ -112,7 +115,7 @@ def test_ignored_layer_keeps_its_widths(by):
     pruner = LeGRPruner(model, example_input(), ignored_layers=[layer])
     names = [g.name for g in pruner.structure.groups]
     assert "layer1.0.conv1" not in names and "conv1" not in names  # its own filters and its input (stage 1)
-    assert {n for n, _ in pruner.structure.skipped} == {"conv1", "layer1.0.conv1"}
+    assert {n for n, _ in pruner.structure.skipped} == {"conv1", "layer1.0.conv1", "linear"}  # + the classifier
     for budget in (pruner.min_flops, 0.5):
         small = pruner.prune(budget)
         assert (small.layer1[0].conv1.in_channels, small.layer1[0].conv1.out_channels) == (16, 16)
@@ -174,10 +177,19 @@ def test_cifar_resnet_a_is_bitwise_identical_to_the_akamaster_reference():
     assert torch.equal(ours(x), reference(x))
 
 
-def test_fpad_shortcut_is_refused_with_a_pointer_to_zero_pad_shortcut():
-    with pytest.raises(ValueError, match="ZeroPadShortcut") as err:
-        LeGRPruner(akamaster_resnet(20), example_input())
-    assert "F.pad" in str(err.value)
+def test_fpad_shortcut_is_pruned_with_its_stages_apart():
+    """Refused before ("replace it with ZeroPadShortcut"): now recognized as written."""
+    pruner = LeGRPruner(randomize_bn(akamaster_resnet(20)).eval(), example_input())
+    assert [(op.target, op.in_channels, op.out_channels) for op in pruner.structure.channel_ops] == [
+        ("layer2.0.shortcut@0", 16, 32), ("layer3.0.shortcut@0", 32, 64)
+    ]
+    g1 = group_with_producer(pruner, "conv1")
+    g2 = group_with_producer(pruner, "layer2.0.conv2")
+    assert g1.index != g2.index and g1.width == 16 and g2.width == 32
+    assert {(m.target, m.role) for m in g1.members if "@" in m.target} == {("layer2.0.shortcut@0", "in")}
+    small = pruner.prune(0.4)
+    assert small(example_input()).shape == (1, 10)
+    assert small.layer2[0].conv2.out_channels < 32 and small.conv1.out_channels < 16
 
 
 def test_option_a_stage_widths_are_pruned_independently():
@@ -300,3 +312,194 @@ def test_residual_group_score_is_the_mean_over_its_filters(criterion):
 def test_unknown_criterion_is_refused():
     with pytest.raises(ValueError, match=r"`criterion` can be l2, l1, bn.*got 'l3'"):
         LeGRPruner(cifar_resnet(20), example_input(), criterion="l3")
+
+
+# ---------------------------------------------------------------------- nothing is skipped silently
+class Mixed(nn.Module):
+    """One layer for each reason a layer's channels are not prunable, beside prunable ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.kept = nn.Conv2d(8, 8, 3, padding=1)  # ignored by the user
+        self.shuffled = nn.Conv2d(8, 8, 1)  # its output goes through a channel shuffle
+        self.after = nn.Conv2d(8, 16, 1)
+        self.unused = nn.Conv2d(16, 4, 1)  # never called
+        self.hidden = nn.Linear(16, 12)
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        x = self.kept(torch.relu(self.stem(x)))
+        x = self.after(F.channel_shuffle(self.shuffled(x), 2))
+        return self.head(torch.relu(self.hidden(x.mean((2, 3)))))
+
+
+def test_summary_says_for_every_conv_and_linear_whether_and_why():
+    torch.manual_seed(0)
+    pruner = LeGRPruner(Mixed(), torch.randn(1, 3, 8, 8), ignored_layers=["kept"])
+    rows = {r["name"]: r for r in pruner.structure.layer_table()}
+    assert list(rows) == ["stem", "kept", "shuffled", "after", "unused", "hidden", "head"]
+    assert [n for n, r in rows.items() if r["prunable"]] == ["after", "hidden"]
+    assert rows["stem"]["reason"] == "it touches ignored layer 'kept'"
+    assert rows["kept"]["reason"] == "ignored by the user (`ignored_layers`)"
+    assert rows["shuffled"]["reason"] == (
+        "its channels pass through channel_shuffle in the model's own forward, which moves channels in a way the"
+        " tracer cannot follow"
+    )
+    assert rows["unused"]["reason"].startswith("not traced: the example input does not run it")
+    assert rows["head"]["reason"] == "its channels are outputs of the model"
+    assert rows["hidden"]["input_groups"] == [rows["after"]["group"]]
+    json.dumps(rows)  # JSON-able as it is
+    text = pruner.structure.summary()
+    assert all(name in text for name in rows) and "not prunable: its channels are outputs of the model" in text
+    assert text.startswith("Mixed: 2 prunable channel groups, 28 channels; 2 of 7 conv/linear layers")
+
+
+def test_summary_lists_the_recognized_shortcuts_and_grouped_steps():
+    from tests.zoo import build_zoo
+
+    pruner = LeGRPruner(build_zoo("option_a_legr_cat_zeros"), example_input())
+    text = pruner.structure.summary()
+    assert "recognized torch.cat with zero channels in features.2.0.shortcut's forward (call 0): 16 -> 32 channels" in text
+    grouped = LeGRPruner(build_zoo("resnext_c4"), example_input()).structure
+    assert "layers.0.0.conv2" in grouped.summary() and "(steps of 4)" in grouped.summary()
+    assert "in steps of 4" in grouped.describe()
+
+
+class Multiplier(nn.Module):
+    """A depthwise conv with a channel multiplier (groups = in_channels < out_channels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.dw, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, padding=1, groups=4), nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc(self.b(self.dw(self.a(x))).mean((2, 3)))
+
+
+def test_a_group_tied_into_one_step_is_reported():
+    pruner = LeGRPruner(Multiplier(), torch.randn(1, 3, 8, 8))
+    rows = {r["name"]: r for r in pruner.structure.layer_table()}
+    assert rows["a"]["reason"] == "the grouped layers it feeds ('dw' (groups=4)) tie all its 4 channels into one step"
+    assert rows["dw"]["prunable"] and rows["dw"]["step"] == 4  # its output: 2 per group, offsets 0 and 1
+    assert pruner.prune(pruner.min_flops).dw.out_channels == 4
+
+
+class Straddle(nn.Module):
+    """A grouped conv whose groups take 3 channels of one producer and 1 of another."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 2, 1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.g(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+
+def test_grouped_conv_groups_that_mix_producers_are_reported():
+    pruner = LeGRPruner(Straddle(), torch.randn(1, 3, 8, 8))
+    rows = {r["name"]: r for r in pruner.structure.layer_table()}
+    for name in ("a", "b"):
+        assert rows[name]["reason"] == (
+            "Conv2d 'g' (groups=2) has channels of this group and of others at the same in-group offset, so no"
+            " offset can be removed from all its groups"
+        )
+    assert rows["g"]["prunable"]
+
+
+# -------------------------------------------------------------------------- clear failures, by name
+class Double(torch.autograd.Function):
+    """A user's op that torch-pruning treats as element-wise although it doubles the channels."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.cat([x, x], 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        half = grad.shape[1] // 2
+        return grad[:, :half] + grad[:, half:]
+
+
+class Doubling(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 8, 1)
+        self.c, self.fc = nn.Conv2d(8, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.c(Double.apply(self.a(x)) + self.b(x)).mean((2, 3)))
+
+
+def test_an_op_the_tracer_cannot_follow_is_named_not_an_index_error():
+    with pytest.raises(ValueError, match=r"Cannot follow the channels of 'b' in Doubling: they reach 'a' \(4 channels\)"
+                       r" as channel 7, through the output of DoubleBackward, an operation") as err:
+        LeGRPruner(Doubling(), torch.randn(1, 3, 8, 8))
+    assert "`ignored_layers`" in str(err.value)
+
+
+class RunningScale(nn.Module):
+    """A custom layer with a per-channel buffer torch-pruning cannot know about."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.linspace(0.5, 1.5, channels).view(1, -1, 1, 1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class WithBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm, self.b, self.fc = nn.Conv2d(3, 8, 1), RunningScale(8), nn.Conv2d(8, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.b(self.norm(self.a(x))).mean((2, 3)))
+
+
+def test_a_layer_that_breaks_once_pruned_is_named_when_the_pruner_is_built():
+    with pytest.raises(ValueError, match=r"WithBuffer does not run once pruned: 'b' \(Conv2d\) fails with"
+                       r" RuntimeError: .* 'norm' \(RunningScale\) keeps per-channel buffers .* give it a pruner"):
+        LeGRPruner(WithBuffer(), torch.randn(1, 3, 8, 8))
+
+
+class RunningScalePruner(BasePruningFunc):
+    """The recipe of docs/supported-architectures.md, "Prune a custom layer"."""
+
+    TARGET_MODULES = RunningScale
+
+    def prune_out_channels(self, layer, idxs):
+        keep = [i for i in range(layer.scale.shape[1]) if i not in set(idxs)]
+        layer.scale = layer.scale[:, keep].clone()
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return layer.scale.shape[1]
+
+    get_in_channels = get_out_channels
+
+
+def test_a_layer_with_a_buffer_prunes_with_its_pruner():
+    pruners = {RunningScale: RunningScalePruner()}
+    torch.manual_seed(0)
+    model, x = WithBuffer().eval(), torch.randn(2, 3, 8, 8)
+    small = LeGRPruner(model, x[:1], customized_pruners=pruners).prune(0.4).eval()
+    assert small.norm.scale.shape[1] == small.a.out_channels < 8
+    rebuilt = restore(WithBuffer(), state_dict=small.state_dict(), customized_pruners=pruners).eval()
+    assert torch.equal(rebuilt(x), small(x))
+
+
+def test_bn_criterion_on_linear_hidden_features_says_what_to_do():
+    from tests.models import vgg_small
+
+    model = vgg_small().eval()
+    with pytest.raises(ValueError, match=r"'bn' found nothing to score in group 'classifier.1'.*'l2', 'l1'"):
+        LeGRPruner(model, example_input(), criterion="bn")
+    ignoring = LeGRPruner(model, example_input(), criterion="bn", ignored_layers=["classifier.1"])
+    assert ignoring.num_groups == 5  # the hidden layer, and the last conv whose channels it reads
