@@ -69,12 +69,14 @@ def measure_latencies(
     threads: int = 1,
     rounds: int = 5,
     min_run_time: float = 0.1,
+    warmup: float = 0.2,
 ) -> Dict[str, Dict[int, Latency]]:
     """CPU latency of several networks, measured side by side.
 
     Each network runs on a copy in eval mode, contiguous memory and inference mode, with ``threads``
     threads, timed by :mod:`torch.utils.benchmark` (warm-up, then ``blocked_autorange``). The networks
-    are interleaved in ``rounds`` (in alternating order), so that a busy spell of the machine slows all
+    are first run for ``warmup`` seconds each, unmeasured, then interleaved in ``rounds`` (in alternating
+    order), so that a busy spell of the machine slows all
     of them rather than one: compare them by their medians, against their IQRs.
 
     Example::
@@ -83,7 +85,7 @@ def measure_latencies(
         >>> from lightning_legr.models import cifar_resnet
         >>> model, x = cifar_resnet(20), torch.randn(1, 3, 32, 32)
         >>> times = measure_latencies({"full": model, "half": prune(model, x, flops=0.5)}, x, [1], rounds=2,
-        ...                           min_run_time=0.01)
+        ...                           min_run_time=0.01, warmup=0.01)
         >>> times["half"][1].threads, times["half"][1].rounds
         (1, 2)
     """
@@ -94,6 +96,12 @@ def measure_latencies(
     inputs = {b: batch_of(example, b) for b in batch_sizes}
     samples: Dict[tuple, List[float]] = {(n, b): [] for n in prepared for b in batch_sizes}
     with torch.inference_mode():
+        for name in prepared:  # the first calls of a network are slow (allocations, caches): not measured
+            for b in batch_sizes:
+                benchmark.Timer(
+                    stmt="run(model, x)", globals={"run": run_model, "model": prepared[name], "x": inputs[b]},
+                    num_threads=threads,
+                ).blocked_autorange(min_run_time=warmup)
         for r in range(rounds):
             for name in list(prepared) if r % 2 == 0 else list(reversed(prepared)):
                 for b in batch_sizes:

@@ -29,7 +29,7 @@ def test_latency_runs_on_one_thread_unless_asked(monkeypatch):
     assert isinstance(result, Latency) and result.threads == 1 and result.rounds == 2 and result.batch_size == 1
     assert result.median_ms > 0 and result.iqr_ms >= 0
     Recorder.calls = []
-    measure_latencies({"a": Recorder("a")}, torch.randn(1, 3, 8, 8), [1], threads=2, rounds=1, min_run_time=0.01)
+    measure_latencies({"a": Recorder("a")}, torch.randn(1, 3, 8, 8), [1], threads=2, rounds=1, min_run_time=0.01, warmup=0.01)
     assert {threads for _, threads in Recorder.calls} == {2}
     assert torch.get_num_threads() == 2  # the caller's setting is left alone
 
@@ -37,7 +37,7 @@ def test_latency_runs_on_one_thread_unless_asked(monkeypatch):
 def test_networks_are_interleaved_in_rounds():
     Recorder.calls = []
     times = measure_latencies({"a": Recorder("a"), "b": Recorder("b")}, torch.randn(1, 3, 8, 8), [1, 4], rounds=3,
-                              min_run_time=0.01)
+                              min_run_time=0.01, warmup=0.01)
     runs = [name for i, (name, _) in enumerate(Recorder.calls) if i == 0 or Recorder.calls[i - 1][0] != name]
     assert runs == ["a", "b", "b", "a", "a", "b"][:1] + runs[1:] and len(runs) >= 4  # a b | b a | a b, merged
     assert set(times) == {"a", "b"} and set(times["a"]) == {1, 4}
