@@ -193,7 +193,7 @@ def test_restore_rebuilds_the_pruned_model(name, tmp_path):
     rebuilt = restore(builder(), record, small.state_dict(), customized_pruners=customized).eval()
     assert torch.equal(rebuilt(x), small(x))
     torch.save({"record": record, "state_dict": small.state_dict()}, tmp_path / "pruned.pt")
-    loaded = torch.load(tmp_path / "pruned.pt")  # weights_only: the record is plain data
+    loaded = torch.load(tmp_path / "pruned.pt", weights_only=True)  # the record is plain data
     rebuilt = restore(builder(), loaded["record"], loaded["state_dict"], customized_pruners=customized).eval()
     assert torch.equal(rebuilt(x), small(x))
     assert count_flops(rebuilt, x[:1]) == count_flops(small, x[:1])
@@ -209,7 +209,7 @@ def test_restore_after_pruning_twice():
     buffer = io.BytesIO()
     torch.save((record, twice.state_dict()), buffer)
     buffer.seek(0)
-    record, state = torch.load(buffer)
+    record, state = torch.load(buffer, weights_only=True)
     rebuilt = restore(cifar_resnet(56, shortcut="B"), record, state).eval()
     y = torch.randn(2, 3, 32, 32)
     assert torch.equal(rebuilt(y), twice(y))
