@@ -1,101 +1,65 @@
-"""The cost-model protocol (core/cost.py): any LayerCost selects channels; FLOPs are one implementation."""
+"""Cost models: parameter budgets counted independently, the generic protocol, one kind at a time."""
 
 import numpy as np
 import pytest
-from torch import nn
+import torch
 
+from lightning_legr import count_params, prune
 from lightning_legr.core.cost import LayerCost
-from lightning_legr.core.flops import FlopModel
-from lightning_legr.core.selection import Selector
-from lightning_legr.core.surgery import prune_copy
-from tests.models import shared_pruner
-
-NAMES = ["vgg_small", "mobilenet_v2_small", "bottleneck_resnet", "densenet_small", "resnet56_A"]
+from lightning_legr.core.errors import ConfigurationError
+from lightning_legr.core.flops import ParamModel
+from tests.models import ARCHITECTURES, example_input, shared_pruner
 
 
-class GenericFlops(LayerCost):
-    """FLOPs written as a plain LayerCost: only ``layer_costs``, no closed forms."""
+class _Generic(LayerCost):
+    """FLOPs through the protocol's default methods only (no closed forms)."""
 
-    kind = "flops"
-
-    def __init__(self, flop_model: FlopModel, structure) -> None:
-        super().__init__(structure)
-        self.a, self.b, self.constant = flop_model.a, flop_model.b, flop_model.constant
-        self._finish()
+    def __init__(self, flop_model):
+        self.__dict__.update({k: v for k, v in flop_model.__dict__.items()})
+        self._a, self._b = flop_model.a, flop_model.b
 
     def layer_costs(self, inp, out):
-        return self.a * inp * out + self.b * out
+        return self._a * inp * out + self._b * out
 
 
-class OutputChannels(LayerCost):
-    """A fourth kind of budget in one class: the output channels of all conv/linear layers."""
-
-    kind = "channels"
-    unit = "channels"
-
-    def __init__(self, structure) -> None:
-        super().__init__(structure)
-        self._finish()
-
-    def layer_costs(self, inp, out):
-        return out + 0 * inp
+def test_generic_protocol_agrees_with_the_closed_forms():
+    pruner = shared_pruner("resnet56_B")
+    flops = pruner.flop_model
+    generic = _Generic(flops)
+    sel = pruner.selector
+    removed = sel._channel_mask(np.arange(len(sel.unit_group)) % 3 == 0)
+    assert generic.cost(removed) == pytest.approx(flops.cost(removed), rel=1e-12)
+    got = generic.marginal(removed, sel.unit_in[:, :20], sel.unit_out[:, :20])
+    assert np.allclose(got, flops.marginal(removed, sel.unit_in[:, :20], sel.unit_out[:, :20]), rtol=1e-9)
 
 
-def output_channels(model: nn.Module) -> int:
-    """Counted on the module itself, independently of any cost model."""
-    return sum(
-        m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
-        for m in model.modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-    )
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_the_generic_protocol_equals_the_flop_models_closed_forms(name):
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_params_budgets_are_met_and_never_exceeded(name):
     pruner = shared_pruner(name)
-    flops, generic = pruner.flop_model, GenericFlops(pruner.flop_model, pruner.structure)
-    assert generic.total == pytest.approx(flops.total, rel=1e-12)
-    rng = np.random.default_rng(0)
-    selector = pruner.selector
-    for _ in range(3):
-        removed_units = rng.random(len(selector.unit_group)) < 0.3
-        removed = selector._channel_mask(removed_units)
-        assert generic.cost(removed) == pytest.approx(flops.cost(removed), rel=1e-12)
-        units = np.flatnonzero(removed_units)[:7]
-        np.testing.assert_allclose(
-            generic.marginal(removed, selector.unit_in[:, units], selector.unit_out[:, units]),
-            flops.marginal(removed, selector.unit_in[:, units], selector.unit_out[:, units]),
-            rtol=1e-9,
-        )
-    order = rng.permutation(len(selector.unit_group))
-    cum_out = np.cumsum(selector.unit_out[:, order], axis=1).T
-    cum_in = np.cumsum(selector.unit_in[:, order], axis=1).T
-    np.testing.assert_allclose(generic.prefix_costs(cum_out, cum_in), flops.prefix_costs(cum_out, cum_in), rtol=1e-9)
+    total = count_params(pruner.model)
+    assert pruner.cost_model("params").total == total
+    for budget in (0.2, 0.5):
+        selection = pruner.select(params=budget)
+        measured = count_params(pruner.apply(selection))
+        assert measured == selection.cost  # the analytic model is exact
+        assert measured <= budget * total
+        if name != "densenet_small":  # 6666 parameters: one channel costs up to 2.3% of them
+            assert measured >= 0.99 * budget * total
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("budget", [0.5, 0.8])
-def test_a_new_kind_of_budget_is_one_class(name, budget):
-    pruner = shared_pruner(name)
-    cost = OutputChannels(pruner.structure)
-    assert cost.total == output_channels(pruner.model)
-    selector = Selector(pruner.structure, cost, pruner.base_scores, pruner.safeguard, pruner.round_to)
-    transform = pruner.identity()
-    selection = selector.select(transform.alpha, transform.kappa, budget)
-    assert selection.kind == "channels"
-    with pytest.raises(AttributeError, match="channels selection has no `flops`"):
-        selection.flops
-    pruned = prune_copy(pruner.structure, selection, pruner.customized_pruners)
-    counted = output_channels(pruned)
-    assert counted == selection.cost
-    assert counted <= budget * cost.total
-    assert counted >= budget * cost.total - max(selector.unit_out.sum(0).max(), 1)  # one unit of slack at most
+def test_two_kinds_at_once_are_refused_before_compute():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("never run")
+
+    with pytest.raises(ConfigurationError, match="Give one kind of budget, got `flops` and `params`"):
+        prune(Broken(), example_input(), flops=0.5, params=0.5)
+    with pytest.raises(ConfigurationError, match="Give one kind of budget"):
+        shared_pruner("vgg_small").select(0.5, params=0.5)
 
 
-def test_an_unreachable_budget_of_any_kind_says_how_far_it_goes():
-    pruner = shared_pruner("vgg_small")
-    cost = OutputChannels(pruner.structure)
-    selector = Selector(pruner.structure, cost, pruner.base_scores, safeguard=0.5)
-    transform = pruner.identity()
-    with pytest.raises(Exception, match="channels budget of 0.1 cannot be reached.*of the channels"):
-        selector.select(transform.alpha, transform.kappa, 0.1)
+def test_one_call_params_api():
+    model = shared_pruner("vgg_small").model
+    small = prune(model, example_input(), params=0.5)
+    assert 0.495 * count_params(model) <= count_params(small) <= 0.5 * count_params(model)
+    assert isinstance(shared_pruner("vgg_small").cost_model("params"), ParamModel)
