@@ -1,4 +1,4 @@
-"""FLOPs: a fast analytic model for channel selection, and ptflops as the independent counter.
+"""FLOPs and parameters: fast analytic cost models for channel selection, and their independent counters.
 
 "FLOPs" throughout this package are multiply-accumulates (MACs) of convolutions and linear layers,
 bias included, as ptflops' ``aten`` backend counts them; BatchNorm, activations and pooling are not
@@ -7,6 +7,7 @@ counted, as in the LeGR paper and most of the pruning literature.
 
 import copy
 import io
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -14,12 +15,13 @@ import torch
 from ptflops import get_model_complexity_info
 from torch import nn
 
+from lightning_legr.core.cost import BilinearCost, register_cost
 from lightning_legr.core.structure import ExampleInputs, Structure, run_model
 
-__all__ = ["FlopModel", "count_flops", "count_params"]
+__all__ = ["FlopModel", "ParamModel", "count_flops", "count_params"]
 
 
-class FlopModel:
+class FlopModel(BilinearCost):
     """FLOPs of the model as a function of which channels are removed.
 
     For every conv/linear layer ``L``: ``FLOPs_L = a_L * in_L * out_L + b_L * out_L``, where
@@ -35,69 +37,22 @@ class FlopModel:
         125485706
     """
 
+    kind = "flops"
+    unit = "FLOPs"
+
     def __init__(self, structure: Structure) -> None:
-        named = dict(structure.model.named_modules())
-        self.layer_names = list(structure.layer_positions)
-        row = {name: i for i, name in enumerate(self.layer_names)}
-        n_layers = len(self.layer_names)
-        self.a = np.zeros(n_layers)
-        self.b = np.zeros(n_layers)
-        self.in_full = np.zeros(n_layers)
-        self.out_full = np.zeros(n_layers)
-        for i, name in enumerate(self.layer_names):
-            self.a[i], self.b[i], self.in_full[i], self.out_full[i] = _layer_terms(named[name], *structure.layer_positions[name])
-        self.in_incidence = np.zeros((n_layers, structure.num_channels))
-        self.out_incidence = np.zeros((n_layers, structure.num_channels))
-        for group in structure.groups:
-            for member in group.members:
-                if member.target not in row:
-                    continue
-                weight = _per_group_share(member.module, member.role)
-                matrix = self.out_incidence if member.role == "out" else self.in_incidence
-                np.add.at(matrix[row[member.target]], structure.offsets[group.index] + member.channels, weight)
-        self.constant = 0.0
-        self.total = self.flops(np.zeros(structure.num_channels))
+        super().__init__(structure)
+        for i, module in enumerate(self.modules):
+            self.a[i], self.b[i], _, _ = _layer_terms(module, *self.positions[i])
+        self._finish()
 
     def flops(self, removed: np.ndarray) -> float:
         """FLOPs with ``removed`` (a 0/1 vector over all group channels) taken out."""
-        out = self.out_full - self.out_incidence @ removed
-        inp = self.in_full - self.in_incidence @ removed
-        return float(self.a @ (inp * out) + self.b @ out + self.constant)
+        return self.cost(removed)
 
     def prefix_flops(self, removed_incidence_out: np.ndarray, removed_incidence_in: np.ndarray) -> np.ndarray:
-        """FLOPs after each prefix of a removal order, given the cumulative incidence rows.
-
-        ``removed_incidence_*[k]`` is the per-layer count removed by the first ``k + 1`` units.
-        """
-        out = self.out_full - removed_incidence_out
-        inp = self.in_full - removed_incidence_in
-        return (inp * out) @ self.a + out @ self.b + self.constant
-
-    def marginal(self, removed: np.ndarray, units_in: np.ndarray, units_out: np.ndarray) -> np.ndarray:
-        """FLOPs that putting back each unit would add (units given as incidence columns)."""
-        out = self.out_full - self.out_incidence @ removed
-        inp = self.in_full - self.in_incidence @ removed
-        return (
-            (self.a * out) @ units_in
-            + (self.a * inp + self.b) @ units_out
-            + np.einsum("l,lu,lu->u", self.a, units_in, units_out)
-        )
-
-
-def _per_group_share(module: nn.Module, role: str) -> float:
-    """How much removing one channel shrinks the layer's ``in`` / ``out`` term of the FLOP model.
-
-    A conv's FLOPs count input channels *per conv group*: a grouped conv loses ``1 / groups`` of
-    an input channel per channel removed (whole steps remove one from every group), a depthwise
-    conv none (its groups shrink with its channels).
-    """
-    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
-        return 1.0
-    per_group_side = "out" if module.transposed else "in"
-    if role != per_group_side:
-        return 1.0
-    depthwise = module.groups == module.out_channels
-    return 0.0 if depthwise else 1.0 / module.groups
+        """FLOPs after each prefix of a removal order (:meth:`prefix_costs`)."""
+        return self.prefix_costs(removed_incidence_out, removed_incidence_in)
 
 
 def _layer_terms(module: nn.Module, in_positions: int, out_positions: int):
@@ -138,8 +93,87 @@ def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> int:
 
 
 def count_params(model: nn.Module) -> int:
-    """Number of parameters."""
+    """Number of parameters (each shared parameter once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+class ParamModel(BilinearCost):
+    """Parameters of the model as a function of which channels are removed.
+
+    A conv/linear layer ``L`` has ``kernel_L * in_L * out_L`` weights and ``out_L`` biases (its rows
+    are the FLOP model's, ``in_L`` per conv group); every other module in a group (BatchNorm,
+    GroupNorm, LayerNorm, PReLU, a layer scale...) adds a row of ``b * out`` parameters, ``b`` its
+    parameters per channel. What no group prunes (the classifier's outputs, an embedding) is the
+    constant, so that ``total`` equals :func:`count_params` of the unpruned model.
+
+    Example::
+
+        >>> from lightning_legr.models import cifar_resnet
+        >>> model = cifar_resnet(56)
+        >>> ParamModel(Structure(model, torch.randn(1, 3, 32, 32))).total == count_params(model)
+        True
+    """
+
+    kind = "params"
+    unit = "parameters"
+
+    def __init__(self, structure: Structure) -> None:
+        super().__init__(structure)
+        for i, module in enumerate(self.modules):
+            kernel = 1 if isinstance(module, nn.Linear) else int(np.prod(module.kernel_size))
+            grouped_out = module.groups if isinstance(module, nn.modules.conv._ConvNd) and module.transposed else 1
+            self.a[i] = kernel
+            self.b[i] = grouped_out if getattr(module, "bias", None) is not None else 0
+        self._add_channel_rows(structure)
+        self.constant = float(count_params(structure.model)) - self.cost(np.zeros(structure.num_channels))
+        self._finish()
+
+    def _add_channel_rows(self, structure: Structure) -> None:
+        """One row per other module (or bare parameter) whose parameters shrink with a group."""
+        rows = {name: i for i, name in enumerate(self.layer_names)}
+        names, modules, per_channel, incidence, seen = [], [], [], [], set()
+        for group in structure.groups:
+            for member in group.members:
+                if member.target in rows:
+                    continue
+                share = _params_per_channel(member)
+                if not share:
+                    continue
+                if member.target not in seen and member.target not in names:
+                    names.append(member.target)
+                    modules.append(member.module)
+                    per_channel.append(share)
+                    incidence.append(np.zeros(structure.num_channels))
+                    seen.add(member.target)
+                row = incidence[names.index(member.target)]
+                # a module met twice (its in and out side in one group) loses each position once
+                fresh = row[structure.offsets[group.index] + member.channels] == 0
+                np.add.at(row, structure.offsets[group.index] + member.channels[fresh], 1.0)
+        if not names:
+            return
+        incidence = np.asarray(incidence)
+        self._add_rows(
+            names, modules, np.zeros(len(names)), incidence.sum(1), np.zeros_like(incidence), incidence,
+            b=per_channel,
+        )
+
+
+def _params_per_channel(member) -> float:
+    """Parameters a non-conv/linear member loses per channel removed: what its torch-pruning
+    handler removes from a copy of it when one channel goes."""
+    if member.is_parameter:
+        parameter = member.module
+        return parameter.numel() / parameter.shape[member.param_dim]
+    module = member.module
+    if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
+        return 0.0
+    before = sum(p.numel() for p in module.parameters(recurse=False))
+    trial = copy.deepcopy(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = member.handler(trial, [int(member.positions[0])])
+    trial = pruned if isinstance(pruned, nn.Module) else trial
+    return float(before - sum(p.numel() for p in trial.parameters(recurse=False)))
 
 
 def calibrate(flop_model: FlopModel, structure: Structure, measured: Optional[int] = None) -> int:
@@ -153,3 +187,14 @@ def calibrate(flop_model: FlopModel, structure: Structure, measured: Optional[in
     flop_model.constant += measured - flop_model.total
     flop_model.total = float(measured)
     return measured
+
+
+def calibrated_flop_model(structure: Structure) -> FlopModel:
+    """The FLOP model of ``structure``, its total made equal to ptflops' count."""
+    flop_model = FlopModel(structure)
+    calibrate(flop_model, structure)
+    return flop_model
+
+
+register_cost("flops", calibrated_flop_model)
+register_cost("params", ParamModel)
