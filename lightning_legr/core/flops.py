@@ -14,12 +14,13 @@ import torch
 from ptflops import get_model_complexity_info
 from torch import nn
 
+from lightning_legr.core.cost import BilinearCost, register_cost
 from lightning_legr.core.structure import ExampleInputs, Structure, run_model
 
 __all__ = ["FlopModel", "count_flops", "count_params"]
 
 
-class FlopModel:
+class FlopModel(BilinearCost):
     """FLOPs of the model as a function of which channels are removed.
 
     For every conv/linear layer ``L``: ``FLOPs_L = a_L * in_L * out_L + b_L * out_L``, where
@@ -35,69 +36,22 @@ class FlopModel:
         125485706
     """
 
+    kind = "flops"
+    unit = "FLOPs"
+
     def __init__(self, structure: Structure) -> None:
-        named = dict(structure.model.named_modules())
-        self.layer_names = list(structure.layer_positions)
-        row = {name: i for i, name in enumerate(self.layer_names)}
-        n_layers = len(self.layer_names)
-        self.a = np.zeros(n_layers)
-        self.b = np.zeros(n_layers)
-        self.in_full = np.zeros(n_layers)
-        self.out_full = np.zeros(n_layers)
-        for i, name in enumerate(self.layer_names):
-            self.a[i], self.b[i], self.in_full[i], self.out_full[i] = _layer_terms(named[name], *structure.layer_positions[name])
-        self.in_incidence = np.zeros((n_layers, structure.num_channels))
-        self.out_incidence = np.zeros((n_layers, structure.num_channels))
-        for group in structure.groups:
-            for member in group.members:
-                if member.target not in row:
-                    continue
-                weight = _per_group_share(member.module, member.role)
-                matrix = self.out_incidence if member.role == "out" else self.in_incidence
-                np.add.at(matrix[row[member.target]], structure.offsets[group.index] + member.channels, weight)
-        self.constant = 0.0
-        self.total = self.flops(np.zeros(structure.num_channels))
+        super().__init__(structure)
+        for i, module in enumerate(self.modules):
+            self.a[i], self.b[i], _, _ = _layer_terms(module, *self.positions[i])
+        self._finish()
 
     def flops(self, removed: np.ndarray) -> float:
         """FLOPs with ``removed`` (a 0/1 vector over all group channels) taken out."""
-        out = self.out_full - self.out_incidence @ removed
-        inp = self.in_full - self.in_incidence @ removed
-        return float(self.a @ (inp * out) + self.b @ out + self.constant)
+        return self.cost(removed)
 
     def prefix_flops(self, removed_incidence_out: np.ndarray, removed_incidence_in: np.ndarray) -> np.ndarray:
-        """FLOPs after each prefix of a removal order, given the cumulative incidence rows.
-
-        ``removed_incidence_*[k]`` is the per-layer count removed by the first ``k + 1`` units.
-        """
-        out = self.out_full - removed_incidence_out
-        inp = self.in_full - removed_incidence_in
-        return (inp * out) @ self.a + out @ self.b + self.constant
-
-    def marginal(self, removed: np.ndarray, units_in: np.ndarray, units_out: np.ndarray) -> np.ndarray:
-        """FLOPs that putting back each unit would add (units given as incidence columns)."""
-        out = self.out_full - self.out_incidence @ removed
-        inp = self.in_full - self.in_incidence @ removed
-        return (
-            (self.a * out) @ units_in
-            + (self.a * inp + self.b) @ units_out
-            + np.einsum("l,lu,lu->u", self.a, units_in, units_out)
-        )
-
-
-def _per_group_share(module: nn.Module, role: str) -> float:
-    """How much removing one channel shrinks the layer's ``in`` / ``out`` term of the FLOP model.
-
-    A conv's FLOPs count input channels *per conv group*: a grouped conv loses ``1 / groups`` of
-    an input channel per channel removed (whole steps remove one from every group), a depthwise
-    conv none (its groups shrink with its channels).
-    """
-    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
-        return 1.0
-    per_group_side = "out" if module.transposed else "in"
-    if role != per_group_side:
-        return 1.0
-    depthwise = module.groups == module.out_channels
-    return 0.0 if depthwise else 1.0 / module.groups
+        """FLOPs after each prefix of a removal order (:meth:`prefix_costs`)."""
+        return self.prefix_costs(removed_incidence_out, removed_incidence_in)
 
 
 def _layer_terms(module: nn.Module, in_positions: int, out_positions: int):
@@ -153,3 +107,13 @@ def calibrate(flop_model: FlopModel, structure: Structure, measured: Optional[in
     flop_model.constant += measured - flop_model.total
     flop_model.total = float(measured)
     return measured
+
+
+def calibrated_flop_model(structure: Structure) -> FlopModel:
+    """The FLOP model of ``structure``, its total made equal to ptflops' count."""
+    flop_model = FlopModel(structure)
+    calibrate(flop_model, structure)
+    return flop_model
+
+
+register_cost("flops", calibrated_flop_model)

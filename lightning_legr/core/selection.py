@@ -1,4 +1,4 @@
-"""LeGR-Pruning: which channels to remove to meet a FLOP budget, given a global ranking."""
+"""LeGR-Pruning: which channels to remove to meet a budget (FLOPs, parameters, ...), given a global ranking."""
 
 import math
 import numbers
@@ -8,7 +8,7 @@ from typing import List, Sequence
 import numpy as np
 
 from lightning_legr.core.errors import ConfigurationError
-from lightning_legr.core.flops import FlopModel
+from lightning_legr.core.cost import LayerCost
 from lightning_legr.core.structure import Structure
 
 __all__ = ["Selection", "Selector", "check_budget", "check_safeguard", "check_round_to"]
@@ -21,15 +21,25 @@ def _sum_columns(incidence: np.ndarray, column_unit: np.ndarray, units: int) -> 
     return summed[:units].T.copy()
 
 
+_WHAT = {"flops": "FLOPs", "params": "parameters"}
+
+
+def _what(name: str) -> str:
+    """What a budget named ``name`` (``flops``, ``search_params``, ...) is a fraction of."""
+    kind = name[len("search_"):] if name.startswith("search_") else name
+    return _WHAT.get(kind, kind)
+
+
 def check_budget(budget: float, name: str = "flops") -> float:
-    """Validate one budget, a fraction of the original FLOPs in (0, 1]."""
+    """Validate one budget, a fraction of the original cost (FLOPs, parameters, ...) in (0, 1]."""
     if isinstance(budget, np.ndarray) and budget.ndim == 0:
         budget = budget.item()
+    what = _what(name)
     if isinstance(budget, bool) or not isinstance(budget, numbers.Real) or not math.isfinite(budget):
-        raise ConfigurationError(f"`{name}` must be a number in (0, 1] (a fraction of the original FLOPs), got {budget!r}")
+        raise ConfigurationError(f"`{name}` must be a number in (0, 1] (a fraction of the original {what}), got {budget!r}")
     if not 0 < budget <= 1:
         raise ConfigurationError(
-            f"`{name}` must be in (0, 1], a fraction of the original FLOPs to keep (0.5 keeps half), got {budget}"
+            f"`{name}` must be in (0, 1], a fraction of the original {what} to keep (0.5 keeps half), got {budget}"
         )
     return float(budget)
 
@@ -48,17 +58,32 @@ def check_round_to(round_to: int) -> int:
 
 @dataclass
 class Selection:
-    """The outcome of LeGR-Pruning for one budget."""
+    """The outcome of LeGR-Pruning for one budget of one kind (``"flops"``, ``"params"``, ...)."""
 
     budget: float
     removed: List[np.ndarray]  # per group: the removed group channels, sorted
     widths: np.ndarray  # per group: channels kept
-    flops: float  # analytic FLOPs after removal
-    total_flops: float
+    cost: float  # the cost model's value after removal
+    total_cost: float
+    kind: str = "flops"
 
     @property
     def ratio(self) -> float:
-        return self.flops / self.total_flops
+        return self.cost / self.total_cost
+
+    @property
+    def flops(self) -> float:
+        """Analytic FLOPs after removal (a FLOP-budget selection only)."""
+        return self._of("flops", self.cost)
+
+    @property
+    def total_flops(self) -> float:
+        return self._of("flops", self.total_cost)
+
+    def _of(self, kind: str, value: float) -> float:
+        if self.kind != kind:
+            raise AttributeError(f"a {self.kind} selection has no `{kind}`; its cost is `cost` ({self.kind})")
+        return value
 
 
 class Selector:
@@ -69,7 +94,8 @@ class Selector:
 
     Args:
         structure: the model's channel groups.
-        flop_model: its FLOP model.
+        cost_model: what a budget is a fraction of (:class:`~lightning_legr.core.cost.LayerCost`:
+            FLOPs, parameters, ...).
         base_scores: per group, the base importance of each channel.
         safeguard: share of every group that is always kept; at least one channel (one step of a
             group that feeds grouped convolutions).
@@ -80,13 +106,13 @@ class Selector:
     def __init__(
         self,
         structure: Structure,
-        flop_model: FlopModel,
+        cost_model: LayerCost,
         base_scores: Sequence[np.ndarray],
         safeguard: float = 0.1,
         round_to: int = 1,
     ) -> None:
         safeguard, round_to = check_safeguard(safeguard), check_round_to(round_to)
-        self.flop_model = flop_model
+        self.cost_model = cost_model
         self.widths = structure.widths
         self.num_channels = structure.num_channels
         units_group, units_score, units_channels = [], [], []
@@ -116,36 +142,46 @@ class Selector:
         self.channel_unit = np.full(self.num_channels, len(units_channels), dtype=np.int64)  # past the end: kept
         for u, channels in enumerate(units_channels):
             self.channel_unit[channels] = u
-        self.unit_in = _sum_columns(flop_model.in_incidence, self.channel_unit, len(units_channels))
-        self.unit_out = _sum_columns(flop_model.out_incidence, self.channel_unit, len(units_channels))
+        self.unit_in = _sum_columns(cost_model.in_incidence, self.channel_unit, len(units_channels))
+        self.unit_out = _sum_columns(cost_model.out_incidence, self.channel_unit, len(units_channels))
         self.offsets = structure.offsets
 
     @property
+    def flop_model(self) -> LayerCost:  # the name before budgets had kinds
+        return self.cost_model
+
+    @property
+    def min_cost(self) -> float:
+        """The cost with every removable unit removed: the smallest reachable budget."""
+        return float(self.cost_model.prefix_costs(self.unit_out.sum(1), self.unit_in.sum(1)))
+
+    @property
     def min_flops(self) -> float:
-        """FLOPs with every removable unit removed: the smallest reachable budget."""
-        return self.flop_model.prefix_flops(self.unit_out.sum(1), self.unit_in.sum(1))
+        return self.min_cost
 
     def select(self, alpha: np.ndarray, kappa: np.ndarray, budget: float) -> Selection:
-        """Remove the globally lowest-ranked units until FLOPs <= budget x original, then put back the
+        """Remove the globally lowest-ranked units until cost <= budget x original, then put back the
         highest-ranked removed units that still fit, so the result lands as close under the budget as
         the channel granularity allows."""
-        budget = check_budget(budget)
-        total = self.flop_model.total
+        model = self.cost_model
+        budget = check_budget(budget, model.kind)
+        total = model.total
         target = budget * total
         score = alpha[self.unit_group] * self.unit_score + kappa[self.unit_group]
         order = np.argsort(score, kind="stable")
         cum_out = np.cumsum(self.unit_out[:, order], axis=1).T
         cum_in = np.cumsum(self.unit_in[:, order], axis=1).T
-        prefix = self.flop_model.prefix_flops(cum_out, cum_in)
+        prefix = model.prefix_costs(cum_out, cum_in)
         tolerance = 1e-9 * total
         fits = np.flatnonzero(prefix <= target + tolerance)
         if total <= target + tolerance:
             count = 0
         elif len(fits) == 0:
             lowest = (prefix[-1] if len(prefix) else total) / total
+            what = {"flops": "FLOP", "params": "parameter"}.get(model.kind, model.kind)
             raise ConfigurationError(
-                f"A FLOP budget of {budget:g} cannot be reached: keeping max(safeguard x width, 1) channels"
-                f" of every group leaves at least {lowest:.4f} of the FLOPs. Raise the budget to {lowest:.4f}"
+                f"A {what} budget of {budget:g} cannot be reached: keeping max(safeguard x width, 1) channels"
+                f" of every group leaves at least {lowest:.4f} of the {model.unit}. Raise the budget to {lowest:.4f}"
                 " or more, or lower `safeguard`."
             )
         else:
@@ -156,20 +192,20 @@ class Selector:
         return self._selection(removed_units, budget)
 
     def _fill(self, removed_units: np.ndarray, score: np.ndarray, limit: float) -> None:
-        """Put back removed units, best first, while the FLOPs stay within ``limit``.
+        """Put back removed units, best first, while the cost stays within ``limit``.
 
         Only the best removed unit of each group is a candidate, so a group still loses its lowest
         channels first (and keeps its width a multiple of ``round_to``).
         """
         while removed_units.any():
             removed = self._channel_mask(removed_units)
-            gap = limit - self.flop_model.flops(removed)
+            gap = limit - self.cost_model.cost(removed)
             candidates = np.flatnonzero(removed_units)
             best = {}
             for u in candidates[np.argsort(score[candidates], kind="stable")]:
                 best[self.unit_group[u]] = u  # ascending: the last one seen is the group's best
             candidates = np.fromiter(best.values(), dtype=np.int64)
-            cost = self.flop_model.marginal(removed, self.unit_in[:, candidates], self.unit_out[:, candidates])
+            cost = self.cost_model.marginal(removed, self.unit_in[:, candidates], self.unit_out[:, candidates])
             fitting = candidates[cost <= gap]
             if len(fitting) == 0:
                 return
@@ -184,4 +220,5 @@ class Selector:
             np.flatnonzero(mask[self.offsets[g] : self.offsets[g + 1]]) for g in range(len(self.widths))
         ]
         widths = self.widths - np.array([len(r) for r in removed], dtype=np.int64)
-        return Selection(budget, removed, widths, self.flop_model.flops(mask), self.flop_model.total)
+        model = self.cost_model
+        return Selection(budget, removed, widths, model.cost(mask), model.total, model.kind)
