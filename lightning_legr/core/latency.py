@@ -225,3 +225,30 @@ def measure_key(structure: Structure, inputs: ExampleInputs, device: str = "cpu"
     rows = [[n, _config(named[n]), [list(s) for s in shapes[n]]] for n in structure.layer_positions]
     return {"layers": rows, "device": device, "setting": describe or {}, "fractions": list(FRACTIONS),
             "torch": torch.__version__}
+
+
+from lightning_legr.core.cost import LayerCost  # noqa: E402 - the cost protocol (issue 13 part 1)
+
+
+class LatencyModel(LayerCost):
+    """Latency (ms) as a function of the channels removed: the table's interpolated per-layer figures,
+    plus the rest of the network measured end to end (``network_ms`` minus the layers at full width) as
+    the constant, so ``total`` equals the measured unpruned latency. Selection then works against it
+    like against FLOPs. (The end-to-end correction on top of it is not written yet.)"""
+
+    kind = "latency"
+    unit = "ms"
+
+    def __init__(self, structure: Structure, table: LatencyTable, network_ms: float) -> None:
+        super().__init__(structure)
+        names = [layer["name"] for layer in table.layers]
+        if names != self.layer_names:
+            raise ConfigurationError("the latency table was measured for other layers; measure it for this model")
+        self.table = table
+        self.constant = 0.0
+        self.constant = float(network_ms) - self.cost(np.zeros(self.in_incidence.shape[1]))
+        self._finish()
+
+    def layer_costs(self, inp: np.ndarray, out: np.ndarray) -> np.ndarray:
+        inp, out = np.asarray(inp, float), np.asarray(out, float)
+        return np.stack([self.table.latency(r, inp[..., r], out[..., r]) for r in range(len(self.layer_names))], -1)

@@ -58,3 +58,15 @@ def test_table_interpolates_and_is_reused(tmp_path):
 def test_real_timer_small():
     t = BenchmarkTimer(rounds=3, min_run_time=0.002, warmup=0.002)(nn.Conv2d(4, 4, 3), torch.randn(1, 4, 8, 8))
     assert t.rounds == 3 and t.median_ms > 0 and t.iqr_ms >= 0
+
+
+def test_latency_model_totals_the_measured_network(tmp_path):
+    from lightning_legr.core.latency import LatencyModel
+
+    x = torch.randn(1, 3, 32, 32)
+    structure = Structure(vgg_small(), x)
+    model = LatencyModel(structure, load_or_measure_table(None, structure, x, FakeTimer()), network_ms=5.0)
+    assert np.isclose(model.total, 5.0)
+    removed = np.zeros(structure.num_channels)
+    removed[: structure.groups[1].width // 2 + structure.offsets[1]] = 1
+    assert model.cost(removed) < model.total
