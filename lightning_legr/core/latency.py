@@ -1,0 +1,254 @@
+"""Latency: a per-layer latency table measured on the target device, with interpolation between widths.
+
+Each conv/linear layer of a :class:`~lightning_legr.core.structure.Structure` is timed *alone*, on
+inputs of the shapes it sees in the network (every call of it), at a small grid of widths (input
+and output channels as they shrink), on the device, thread count and batch size given. What runs
+around the layers (BatchNorm, activations, adds, pooling) is not in the table; the end-to-end
+correction (not yet in this module) is what accounts for it. Every figure carries its spread (IQR).
+Layers of identical configuration and input shape are timed once.
+"""
+
+import copy
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+from lightning_legr.core._io import PathLike, read_json, write_json
+from lightning_legr.core.errors import ConfigurationError
+from lightning_legr.core.structure import ExampleInputs, Structure, run_model
+
+__all__ = ["Timing", "BenchmarkTimer", "LatencyTable", "measure_table", "load_or_measure_table"]
+
+FORMAT = "lightning-legr/latency-table"
+FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0 means one channel
+
+
+@dataclass
+class Timing:
+    """One latency figure: median over rounds of each round's median, and the IQR over rounds (ms)."""
+
+    median_ms: float
+    iqr_ms: float
+    rounds: int
+
+
+Timer = Callable[[nn.Module, ExampleInputs], Timing]
+
+
+class BenchmarkTimer:
+    """Times ``run_model(module, inputs)`` with :mod:`torch.utils.benchmark` (which synchronises CUDA),
+    in inference mode: an unmeasured warm-up, then ``rounds`` rounds of ``blocked_autorange``.
+
+    Example::
+
+        >>> t = BenchmarkTimer(rounds=2, min_run_time=0.001, warmup=0.001)(nn.Linear(4, 4), torch.randn(1, 4))
+        >>> t.rounds, t.median_ms > 0
+        (2, True)
+    """
+
+    def __init__(self, threads: int = 1, rounds: int = 5, min_run_time: float = 0.05, warmup: float = 0.05) -> None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigurationError(f"`threads` must be a positive integer, got {threads!r}")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ConfigurationError(f"`rounds` must be a positive integer, got {rounds!r}")
+        self.threads, self.rounds, self.min_run_time, self.warmup = threads, rounds, float(min_run_time), float(warmup)
+
+    def describe(self) -> Dict[str, Any]:
+        return {"timer": "torch.utils.benchmark", "threads": self.threads, "rounds": self.rounds,
+                "min_run_time": self.min_run_time, "warmup": self.warmup}
+
+    def __call__(self, module: nn.Module, inputs: ExampleInputs) -> Timing:
+        def timer() -> benchmark.Timer:
+            return benchmark.Timer(stmt="run(m, x)", globals={"run": run_model, "m": module, "x": inputs},
+                                   num_threads=self.threads)
+
+        with torch.inference_mode():
+            timer().blocked_autorange(min_run_time=self.warmup)
+            times = [1000 * timer().blocked_autorange(min_run_time=self.min_run_time).median for _ in range(self.rounds)]
+        q1, q3 = np.percentile(times, [25, 75])
+        return Timing(float(statistics.median(times)), float(q3 - q1), self.rounds)
+
+
+class _LayerCalls(nn.Module):
+    """A layer called once per recorded input: what one layer costs in one forward of the network."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, *inputs: torch.Tensor) -> List[torch.Tensor]:
+        return [self.layer(x) for x in inputs]
+
+
+def _config(module: nn.Module) -> Dict[str, Any]:
+    if isinstance(module, nn.Linear):
+        return {"type": "Linear", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None}
+    return {"type": type(module).__name__, "in": module.in_channels, "out": module.out_channels,
+            "kernel": list(module.kernel_size), "stride": list(module.stride), "padding": str(module.padding),
+            "dilation": list(module.dilation), "groups": module.groups, "bias": module.bias is not None}
+
+
+def _resized(module: nn.Module, c_in: int, c_out: int) -> Optional[nn.Module]:
+    """A fresh layer like ``module`` with ``c_in`` / ``c_out`` channels, or None if it cannot be resized
+    (a grouped conv: timed at its full width only)."""
+    if isinstance(module, nn.Linear):
+        return nn.Linear(c_in, c_out, bias=module.bias is not None)
+    if module.groups != 1:
+        return None
+    layer = copy.deepcopy(module)
+    layer.in_channels, layer.out_channels = c_in, c_out
+    shape = (c_in, c_out) if module.transposed else (c_out, c_in)
+    layer.weight = nn.Parameter(torch.randn(*shape, *module.kernel_size))
+    if module.bias is not None:
+        layer.bias = nn.Parameter(torch.randn(c_out))
+    return layer
+
+
+def _grid(full: int, shrinks: bool) -> List[int]:
+    return sorted({max(1, round(f * full)) for f in FRACTIONS}) if shrinks else [full]
+
+
+@dataclass
+class LatencyTable:
+    """Per conv/linear layer (the Structure's ``layer_positions`` order), its latency (ms) on a grid
+    of (input, output) channel counts, with the IQR of every figure; ``key`` says what it was measured
+    for (layers, input shapes, setting, timer) and must match for the table to be reused."""
+
+    key: Dict[str, Any]
+    layers: List[Dict[str, Any]]
+
+    def latency(self, row: int, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
+        """Bilinear interpolation of row ``row`` at channel counts ``c_in`` / ``c_out`` (clamped to the grid),
+        made non-decreasing in both widths first (noise must not make a narrower layer slower)."""
+        layer = self.layers[row]
+        gi, go = np.asarray(layer["in_widths"], float), np.asarray(layer["out_widths"], float)
+        values = np.maximum.accumulate(np.maximum.accumulate(np.asarray(layer["median_ms"], float), 0), 1)
+        x, y = np.clip(np.asarray(c_in, float), gi[0], gi[-1]), np.clip(np.asarray(c_out, float), go[0], go[-1])
+        along_out = np.stack([np.interp(y, go, values[i]) for i in range(len(gi))], -1)
+        if len(gi) == 1:
+            return along_out[..., 0]
+        i = np.clip(np.searchsorted(gi, x, side="right") - 1, 0, len(gi) - 2)
+        w = (x - gi[i]) / (gi[i + 1] - gi[i])
+        low = np.take_along_axis(along_out, i[..., None], -1)[..., 0]
+        high = np.take_along_axis(along_out, (i + 1)[..., None], -1)[..., 0]
+        return (1 - w) * low + w * high
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"format": FORMAT, "version": 1, "key": self.key, "layers": self.layers}
+
+
+def _record_inputs(structure: Structure, inputs: ExampleInputs) -> Dict[str, List[tuple]]:
+    named = dict(structure.model.named_modules())
+    shapes: Dict[str, List[tuple]] = {n: [] for n in structure.layer_positions}
+    handles = [named[n].register_forward_hook(lambda m, a, o, n=n: shapes[n].append(tuple(a[0].shape)))
+               for n in shapes]
+    try:
+        with torch.no_grad():
+            run_model(structure.model.eval(), inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def measure_table(
+    structure: Structure, inputs: ExampleInputs, timer: Timer, device: str = "cpu", describe: Optional[dict] = None
+) -> LatencyTable:
+    """Time every conv/linear layer of ``structure`` at a grid of widths (its input channels shrink if
+    a group feeds it, its outputs if a group owns them), on ``inputs`` (already at the batch size)."""
+    named = dict(structure.model.named_modules())
+    shrinks_in, shrinks_out = set(), set()
+    for group in structure.groups:
+        for m in group.members:
+            (shrinks_out if m.role == "out" else shrinks_in).add(m.target)
+    shapes = _record_inputs(structure, inputs)
+    done: Dict[str, Timing] = {}
+    layers = []
+    for name in structure.layer_positions:
+        module = named[name]
+        config = _config(module)
+        resizable = _resized(module, 1, 1) is not None
+        gi = _grid(config["in"], resizable and name in shrinks_in)
+        go = _grid(config["out"], resizable and name in shrinks_out)
+        median, iqr = [], []
+        for c_in in gi:
+            row_m, row_i = [], []
+            for c_out in go:
+                key = repr((config, shapes[name], c_in, c_out))
+                if key not in done:
+                    layer = _resized(module, c_in, c_out) if resizable else copy.deepcopy(module)
+                    layer = _LayerCalls(layer).to(device).eval()
+                    xs = tuple(torch.randn(*s[:-1], c_in) if isinstance(module, nn.Linear)
+                               else torch.randn(s[0], c_in, *s[2:]) for s in shapes[name])
+                    done[key] = timer(layer, tuple(x.to(device) for x in xs))
+                row_m.append(done[key].median_ms)
+                row_i.append(done[key].iqr_ms)
+            median.append(row_m)
+            iqr.append(row_i)
+        layers.append({"name": name, **{"config": config}, "input_shapes": [list(s) for s in shapes[name]],
+                       "in_widths": gi, "out_widths": go, "median_ms": median, "iqr_ms": iqr})
+    key = {"layers": [[l["name"], l["config"], l["input_shapes"]] for l in layers], "device": device,
+           "setting": describe or {}, "fractions": list(FRACTIONS), "torch": torch.__version__}
+    return LatencyTable(key, layers)
+
+
+def load_or_measure_table(
+    path: Optional[PathLike], structure: Structure, inputs: ExampleInputs, timer: Timer, device: str = "cpu",
+    describe: Optional[dict] = None,
+) -> LatencyTable:
+    """The table cached at ``path`` (strict JSON, written atomically) if it was measured for the same
+    layers, shapes and setting; otherwise a fresh measurement, written there."""
+    if path is not None:
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and data.get("format") == FORMAT:
+            fresh_key = measure_key(structure, inputs, device, describe)
+            if data.get("key") == fresh_key:
+                return LatencyTable(data["key"], data["layers"])
+    table = measure_table(structure, inputs, timer, device, describe)
+    if path is not None:
+        write_json(path, table.to_dict())
+    return table
+
+
+def measure_key(structure: Structure, inputs: ExampleInputs, device: str = "cpu", describe: Optional[dict] = None):
+    """The ``key`` a table measured now would have, without timing anything."""
+    named = dict(structure.model.named_modules())
+    shapes = _record_inputs(structure, inputs)
+    rows = [[n, _config(named[n]), [list(s) for s in shapes[n]]] for n in structure.layer_positions]
+    return {"layers": rows, "device": device, "setting": describe or {}, "fractions": list(FRACTIONS),
+            "torch": torch.__version__}
+
+
+from lightning_legr.core.cost import LayerCost  # noqa: E402 - the cost protocol (issue 13 part 1)
+
+
+class LatencyModel(LayerCost):
+    """Latency (ms) as a function of the channels removed: the table's interpolated per-layer figures,
+    plus the rest of the network measured end to end (``network_ms`` minus the layers at full width) as
+    the constant, so ``total`` equals the measured unpruned latency. Selection then works against it
+    like against FLOPs. (The end-to-end correction on top of it is not written yet.)"""
+
+    kind = "latency"
+    unit = "ms"
+
+    def __init__(self, structure: Structure, table: LatencyTable, network_ms: float) -> None:
+        super().__init__(structure)
+        names = [layer["name"] for layer in table.layers]
+        if names != self.layer_names:
+            raise ConfigurationError("the latency table was measured for other layers; measure it for this model")
+        self.table = table
+        self.constant = 0.0
+        self.constant = float(network_ms) - self.cost(np.zeros(self.in_incidence.shape[1]))
+        self._finish()
+
+    def layer_costs(self, inp: np.ndarray, out: np.ndarray) -> np.ndarray:
+        inp, out = np.asarray(inp, float), np.asarray(out, float)
+        return np.stack([self.table.latency(r, inp[..., r], out[..., r]) for r in range(len(self.layer_names))], -1)
