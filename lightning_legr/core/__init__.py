@@ -3,8 +3,9 @@
 The modules follow the pipeline, each depending only on those before it:
 shortcuts (the ZeroPadShortcut module) -> graph (the torch-pruning extension: zero-pad shortcuts as
 written, hand-written LayerNorms) -> structure (channel groups, traced once) ->
-criteria (base filter importance) -> flops (the cost of a selection) -> selection (LeGR-Pruning for one
-budget) -> surgery (physical removal, the pruning record) -> calibration (BatchNorm statistics) ->
+criteria (base filter importance) -> cost (the cost-model protocol) -> flops (FLOPs and parameters)
+and latency (a measured per-layer table) -> selection (LeGR-Pruning for one budget) -> surgery
+(physical removal, the pruning record) -> calibration (BatchNorm statistics) ->
 transform (the learned per-group affine) -> pruner (all of the above for one model) -> evolution
 (regularized evolution, numpy only) -> search (the evolution driving the pruner).
 """

@@ -19,10 +19,11 @@ from torch import nn
 from torch.utils import benchmark
 
 from lightning_legr.core._io import PathLike, read_json, write_json
+from lightning_legr.core.cost import LayerCost
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import ExampleInputs, Structure, run_model
 
-__all__ = ["Timing", "BenchmarkTimer", "LatencyTable", "measure_table", "load_or_measure_table"]
+__all__ = ["Timing", "BenchmarkTimer", "LatencyTable", "LatencyModel", "measure_table", "load_or_measure_table", "measure_key"]
 
 FORMAT = "lightning-legr/latency-table"
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0 means one channel
@@ -190,7 +191,7 @@ def measure_table(
                 row_i.append(done[key].iqr_ms)
             median.append(row_m)
             iqr.append(row_i)
-        layers.append({"name": name, **{"config": config}, "input_shapes": [list(s) for s in shapes[name]],
+        layers.append({"name": name, "config": config, "input_shapes": [list(s) for s in shapes[name]],
                        "in_widths": gi, "out_widths": go, "median_ms": median, "iqr_ms": iqr})
     key = {"layers": [[l["name"], l["config"], l["input_shapes"]] for l in layers], "device": device,
            "setting": describe or {}, "fractions": list(FRACTIONS), "torch": torch.__version__}
@@ -225,9 +226,6 @@ def measure_key(structure: Structure, inputs: ExampleInputs, device: str = "cpu"
     rows = [[n, _config(named[n]), [list(s) for s in shapes[n]]] for n in structure.layer_positions]
     return {"layers": rows, "device": device, "setting": describe or {}, "fractions": list(FRACTIONS),
             "torch": torch.__version__}
-
-
-from lightning_legr.core.cost import LayerCost  # noqa: E402 - the cost protocol (issue 13 part 1)
 
 
 class LatencyModel(LayerCost):
