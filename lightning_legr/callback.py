@@ -1,4 +1,5 @@
-"""LeGRCallback: after pretraining, learn a global filter ranking and fine-tune one model per FLOP budget."""
+"""LeGRCallback: after pretraining, learn a global filter ranking and fine-tune one model per budget
+(of the FLOPs or of the parameters)."""
 
 import contextlib
 import copy
@@ -49,14 +50,15 @@ class LeGRCallback(Callback):
        each candidate is the module pruned to ``search_flops``, optionally trained ``tau`` steps on
        the module's training data, and scored by ``monitor`` from the module's own
        ``validation_step`` on ``fitness_batches`` validation batches;
-    2. for every budget in ``flops``, prunes a copy with the best transform, saves it as
-       ``dirpath/flops_<budget>/pruned.ckpt`` and fine-tunes it for ``finetune_epochs`` in a fresh
+    2. for every budget in ``flops`` (or ``params``), prunes a copy with the best transform, saves it as
+       ``dirpath/flops_<budget>/pruned.ckpt`` (``params_<budget>/``) and fine-tunes it for ``finetune_epochs`` in a fresh
        Trainer (same accelerator, device, precision and loggers), keeping the best checkpoint by
        ``monitor`` in ``dirpath/flops_<budget>/best.ckpt`` and the last epoch's in ``last.ckpt``. If the
        pruned model scores better than every fine-tuned epoch, a warning says so and its row of the
        results points to ``pruned.ckpt`` (``metric_after`` stays the fine-tuned score);
     3. measures the CPU latency of every network side by side, prints a results table and writes
-       ``results.csv``, ``results.json``, ``metric_vs_flops.png`` and ``widths_<budget>.png`` in ``dirpath``.
+       ``results.csv``, ``results.json``, ``metric_vs_flops.png`` (``metric_vs_params.png``) and
+       ``widths_<budget>.png`` in ``dirpath``.
 
     Everything is resumable, and a resumed run ends exactly as an uninterrupted one: the search state
     is saved every generation, finished budgets are kept, an interrupted fine-tune resumes from its
@@ -70,6 +72,10 @@ class LeGRCallback(Callback):
 
     Args:
         flops: FLOP budgets, fractions of the original FLOPs in (0, 1), e.g. ``[0.3, 0.5, 0.7]``.
+        params: parameter budgets instead, fractions of the original parameters in (0, 1), e.g.
+            ``params=[0.3, 0.5]``: the search and every model are pruned to shares of the parameters
+            (counted as torch-pruning removes them; met within 1% and never over). Give ``flops`` or
+            ``params``, not both.
         generations: candidates evaluated by the search, the initial population included.
         population: population size of the regularized evolution.
         sample_size: tournament size.
@@ -87,6 +93,7 @@ class LeGRCallback(Callback):
             the paper. A list scores each candidate by its mean fitness over those budgets, which
             keeps the ranking good at all of them when the smallest one leaves every candidate near
             chance (with ``tau=0`` and an aggressive budget, see docs/benchmarks.md).
+        search_params: the same for ``params`` budgets (default: the smallest of ``params``).
         fitness_batches: validation batches scoring one candidate (default: all).
         bn_batches: training batches (the same ones in every run with this ``seed``) that re-estimate
             the BatchNorm statistics of every candidate and every pruned model before it is scored or
@@ -131,7 +138,7 @@ class LeGRCallback(Callback):
 
     def __init__(
         self,
-        flops: List[float],
+        flops: Optional[List[float]] = None,
         generations: int = 400,
         population: int = 64,
         sample_size: int = 16,
@@ -155,12 +162,15 @@ class LeGRCallback(Callback):
         customized_pruners: Optional[dict] = None,
         latency: bool = True,
         latency_threads: int = 1,
+        params: Optional[List[float]] = None,
+        search_params: Optional[Union[float, List[float]]] = None,
     ) -> None:
         super().__init__()
-        self.budgets = check_budgets(flops, "flops", unpruned=False)
+        self.kind, budgets, search = _budget_kind(flops, params, search_flops, search_params)
+        self.budgets = check_budgets(budgets, self.kind, unpruned=False)
         self.search_budgets = (
-            sorted(check_budgets(search_flops, "search_flops", unpruned=False))
-            if search_flops is not None else [min(self.budgets)]
+            sorted(check_budgets(search, f"search_{self.kind}", unpruned=False))
+            if search is not None else [min(self.budgets)]
         )
         RegularizedEvolution([1.0], generations, population, sample_size, mutation_rate, sigma, seed=seed)
         for name, value, minimum in (("tau", tau, 0), ("finetune_epochs", finetune_epochs, 0), ("bn_batches", bn_batches, 0)):
@@ -186,7 +196,7 @@ class LeGRCallback(Callback):
         _check_int("latency_threads", latency_threads, 1)
         if customized_pruners is not None and not isinstance(customized_pruners, dict):
             raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
-        self.run = None if dirpath is None else RunDirectory(dirpath)  # refuses a dirpath that is not a path
+        self.run = None if dirpath is None else RunDirectory(dirpath, self.kind)  # refuses a dirpath that is not a path
         self.transform_path = transform
         given = None if transform is None else Transform.load(transform)  # fails now on a missing or broken file
         self._transform_digest = None if given is None else _digest(given)
@@ -207,9 +217,19 @@ class LeGRCallback(Callback):
         self._settings: Dict[str, Any] = {}
 
     @property
-    def flops(self) -> List[float]:
-        """The budgets, as given."""
-        return list(self.budgets)
+    def flops(self) -> Optional[List[float]]:
+        """The FLOP budgets, as given (None when the budgets are of the parameters)."""
+        return list(self.budgets) if self.kind == "flops" else None
+
+    @property
+    def params(self) -> Optional[List[float]]:
+        """The parameter budgets, as given (None when the budgets are of the FLOPs)."""
+        return list(self.budgets) if self.kind == "params" else None
+
+    @property
+    def _of(self) -> str:
+        """What a budget is a share of, in messages."""
+        return _SHARE_OF[self.kind]
 
     @property
     def dirpath(self) -> Optional[str]:
@@ -222,7 +242,7 @@ class LeGRCallback(Callback):
             return
         check_strategy(trainer)
         if self.run is None:
-            self.run = RunDirectory(os.path.join(trainer.default_root_dir, "legr"))
+            self.run = RunDirectory(os.path.join(trainer.default_root_dir, "legr"), self.kind)
         self._settings = self._run_settings(trainer, pl_module)
         Ranks(trainer).from_zero(lambda: self.run.check_settings(self._settings))
 
@@ -258,9 +278,9 @@ class LeGRCallback(Callback):
         """What makes two runs the same run: a dirpath is only reused with all of these unchanged."""
         datamodule = trainer.datamodule
         return {
-            "legr": {
-                "flops": sorted(self.budgets),
-                "search_flops": self.search_budgets if len(self.search_budgets) > 1 else self.search_budgets[0],
+            "legr": {  # FLOP runs keep the keys they had before parameter budgets existed
+                self.kind: sorted(self.budgets),
+                f"search_{self.kind}": self.search_budgets if len(self.search_budgets) > 1 else self.search_budgets[0],
                 "generations": self.generations,
                 "population": self.population,
                 "sample_size": self.sample_size,
@@ -301,7 +321,7 @@ class LeGRCallback(Callback):
         self._example = self._example_input(pl_module, data)
         pruner = self._pruner(pl_module)  # raises if the model cannot be pruned
         for budget in self.budgets + self.search_budgets:
-            pruner.select(budget)  # raises if the safeguard makes a budget unreachable
+            pruner.select(**{self.kind: budget})  # raises if the safeguard makes a budget unreachable
         if self.transform_path is not None:
             Transform.load(self.transform_path).check(
                 pruner.structure.signature(), pruner.criterion.name, f"The transform file {self.transform_path}"
@@ -366,11 +386,13 @@ class LeGRCallback(Callback):
         for i, budget in enumerate(budgets, 1):
             row = done.get(budget)
             if row is None:
-                rank_zero_info(f"LeGR: fine-tuning {budget:.0%} of the FLOPs, {i} of {len(budgets)}")
+                rank_zero_info(f"LeGR: fine-tuning {budget:.0%} of {self._of}, {i} of {len(budgets)}")
                 row = self._compress_one(trainer, pruner, data, evaluator, budget, ranks)
             else:
+                row.setdefault("kind", self.kind)  # a row written before parameter budgets existed
+                row.setdefault("params_ratio", row["params"] / self.results[0]["params"])
                 rank_zero_info(
-                    f"LeGR: {budget:.0%} of the FLOPs, {i} of {len(budgets)}, was finished by an earlier run:"
+                    f"LeGR: {budget:.0%} of {self._of}, {i} of {len(budgets)}, was finished by an earlier run:"
                     f" {run.relative(row['checkpoint'])}"
                 )
             self.results.append(row)
@@ -412,6 +434,7 @@ class LeGRCallback(Callback):
         search = LeGRSearch(
             pruner, fitness, self.search_budgets, state_path=state_file if ranks.zero else None,
             fitness_name=f"`monitor={self.monitor!r}`", workers=RankWorkers(ranks) if ranks.size > 1 else None,
+            kind=self.kind,
             generations=self.generations, population=self.population, sample_size=self.sample_size,
             mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
         )
@@ -424,7 +447,7 @@ class LeGRCallback(Callback):
         rank_zero_info(summary)
         rank_zero_info(
             f"LeGR: learning the ranking, {self.generations} candidates at"
-            f" {', '.join(f'{b:.0%}' for b in self.search_budgets)} of the FLOPs"
+            f" {', '.join(f'{b:.0%}' for b in self.search_budgets)} of {self._of}"
             + (f", {ranks.size} at a time on {ranks.size} ranks" if ranks.size > 1 else "")
             + f" (the layers above: {RunDirectory.STRUCTURE}, {RunDirectory.LAYERS})"
         )
@@ -465,7 +488,7 @@ class LeGRCallback(Callback):
         ranks: Ranks,
     ) -> Dict[str, Any]:
         directory = self.run.budget_dir(budget)
-        module = pruner.prune(budget, self.transform)
+        module = pruner.prune(transform=self.transform, **{self.kind: budget})
         with quiet():
             evaluator.recalibrate(module)
             before = evaluator(copy.deepcopy(module), recalibrate=False)
@@ -477,7 +500,8 @@ class LeGRCallback(Callback):
             resume = ranks.from_zero(lambda: self.run.last_checkpoint(budget))
             path, after = finetune(
                 module, trainer, data, self.finetune_epochs, directory, self.monitor, self.mode,
-                prefix=f"flops_{budget_name(budget)}", seed=derive_seed(self.seed, FINETUNE, budget), resume_from=resume,
+                prefix=f"{self.kind}_{budget_name(budget)}", seed=derive_seed(self.seed, FINETUNE, budget),
+                resume_from=resume,
             )
             if _better(before, after, self.mode):
                 self._warn_finetuning_did_not_help(budget, before, after, pruned)
@@ -490,19 +514,21 @@ class LeGRCallback(Callback):
     def _warn_finetuning_did_not_help(self, budget: float, before: float, after: Optional[float], pruned: str) -> None:
         tuned = "no value" if after is None else f"{after:.4f}"
         rank_zero_warn(
-            f"LeGR: fine-tuning at {budget:.0%} of the FLOPs did not improve on the pruned model ({self.monitor}"
+            f"LeGR: fine-tuning at {budget:.0%} of {self._of} did not improve on the pruned model ({self.monitor}"
             f" {before:.4f} pruned, {tuned} fine-tuned, the best of finetune_epochs={self.finetune_epochs}), so the"
             f" results point to {os.path.abspath(pruned)}. Lower the learning rate in configure_optimizers, or"
             " raise finetune_epochs."
         )
 
     def _measure(self, budget: float, module: pl.LightningModule, before: float, after: Optional[float], path: str):
-        flops = count_flops(module, self._example)
+        flops, params = count_flops(module, self._example), count_params(module)
         return {
             "budget": budget,
+            "kind": self.kind,
             "flops": flops,
             "flops_ratio": flops / self.results[0]["flops"] if self.results else 1.0,
-            "params": count_params(module),
+            "params": params,
+            "params_ratio": params / self.results[0]["params"] if self.results else 1.0,
             "metric_before": before,
             "metric_after": after,
             "checkpoint": os.path.abspath(path),
@@ -530,15 +556,41 @@ class LeGRCallback(Callback):
             run.portable(self.results), run.file("results.csv"), run.file("results.json"),
             extra={"monitor": self.monitor, "mode": self.mode, "transform": self.transform.to_dict()},
         )
-        plot_metric(self.results, self.monitor, run.file("metric_vs_flops.png"))
+        plot_metric(self.results, self.monitor, run.file(f"metric_vs_{self.kind}.png"), kind=self.kind)
         groups = pruner.structure.groups
         for budget in self.budgets:
             if any(r["budget"] == budget for r in self.results):
-                kept = pruner.select(budget, self.transform).widths
+                kept = pruner.select(transform=self.transform, **{self.kind: budget}).widths
                 plot_widths(
                     [g.name for g in groups], [g.width for g in groups], kept,
-                    run.file(f"widths_{budget_name(budget)}.png"), f"channels kept at {budget:.0%} of the FLOPs",
+                    run.file(f"widths_{budget_name(budget)}.png"), f"channels kept at {budget:.0%} of {self._of}",
                 )
+
+
+_SHARE_OF = {"flops": "the FLOPs", "params": "the parameters"}
+
+
+def _budget_kind(flops: Any, params: Any, search_flops: Any, search_params: Any):
+    """``(kind, budgets, search budgets)`` from the callback's arguments: budgets of one kind, given once."""
+    if flops is not None and params is not None:
+        raise ConfigurationError(
+            "Give `flops` or `params`, not both: one run prunes to budgets of one kind (a learned transform can"
+            " be applied to budgets of the other kind later, with `transform=` and no new search). On the command"
+            " line, with a config that sets flops, add --legr.flops=null."
+        )
+    if flops is None and params is None:
+        raise ConfigurationError(
+            "Give the budgets: `flops=[0.3, 0.5, 0.7]` (shares of the FLOPs) or `params=[0.3, 0.5]` (of the parameters)."
+        )
+    kind = "flops" if flops is not None else "params"
+    mine, other = (search_flops, search_params) if kind == "flops" else (search_params, search_flops)
+    if other is not None:
+        given, wanted = ("search_params", "search_flops") if kind == "flops" else ("search_flops", "search_params")
+        raise ConfigurationError(
+            f"`{given}` was given with budgets of {_SHARE_OF[kind]}: the search prunes to budgets of the run's"
+            f" kind. Use `{wanted}`."
+        )
+    return kind, flops if kind == "flops" else params, mine
 
 
 def _check_int(name: str, value: Any, minimum: int, alternative: str = "") -> None:

@@ -23,6 +23,7 @@ COLUMNS = [
     ("flops", "MFLOPs", "{:.2f}"),
     ("flops_ratio", "FLOPs", "{:.1%}"),
     ("params", "kparams", "{:.1f}"),
+    ("params_ratio", "params", "{:.1%}"),
     ("metric_before", "pruned", "{:.4f}"),
     ("metric_after", "tuned", "{:.4f}"),
     ("latency_b1_ms", "ms @1", None),
@@ -157,7 +158,12 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
     cells = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda items: "  ".join(s.rjust(w) if i < len(items) - 1 else s for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
-    notes = [f"pruned / tuned: {monitor} after pruning (BatchNorm re-estimated) / after fine-tuning"]
+    kind = next((r["kind"] for r in rows if r.get("kind")), "flops")
+    notes = [
+        f"budget: share of the {'parameters' if kind == 'params' else 'FLOPs'} kept; FLOPs / params: shares measured"
+        " on the pruned model",
+        f"pruned / tuned: {monitor} after pruning (BatchNorm re-estimated) / after fine-tuning",
+    ]
     timed = next((r for r in rows if r.get("latency_threads")), None)
     if timed is not None:
         threads = timed["latency_threads"]
@@ -196,19 +202,26 @@ def _pyplot():
     return plt
 
 
-def plot_metric(rows: Sequence[Dict[str, Any]], monitor: str, path: str, title: str = "LeGR") -> None:
-    """The monitored metric against FLOPs, before and after fine-tuning; the unpruned model as a star."""
+_AXIS = {"flops": (1e-6, "MFLOPs (MACs, ptflops)"), "params": (1e-3, "thousands of parameters")}
+
+
+def plot_metric(
+    rows: Sequence[Dict[str, Any]], monitor: str, path: str, title: str = "LeGR", kind: str = "flops"
+) -> None:
+    """The monitored metric against the FLOPs (``kind="params"``: the parameters), before and after
+    fine-tuning; the unpruned model as a star."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    pruned = sorted((r for r in rows if r["budget"] < 1.0), key=lambda r: r["flops"])
+    scale, label_x = _AXIS[kind]
+    pruned = sorted((r for r in rows if r["budget"] < 1.0), key=lambda r: r[kind])
     for key, label, style in (("metric_before", "pruned", "o--"), ("metric_after", "fine-tuned", "o-")):
-        points = [(r["flops"] / 1e6, r[key]) for r in pruned if r.get(key) is not None]
+        points = [(r[kind] * scale, r[key]) for r in pruned if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), style, label=label)
     for r in rows:
         if r["budget"] >= 1.0 and r.get("metric_before") is not None:
-            ax.plot(r["flops"] / 1e6, r["metric_before"], "k*", markersize=12, label="unpruned")
-    ax.set_xlabel("MFLOPs (MACs, ptflops)")
+            ax.plot(r[kind] * scale, r["metric_before"], "k*", markersize=12, label="unpruned")
+    ax.set_xlabel(label_x)
     ax.set_ylabel(monitor)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -53,6 +53,7 @@ class RunDirectory:
 
     Args:
         path: the folder; made when first written to.
+        kind: the kind of the run's budgets, which names their folders: ``flops_0.30``, ``params_0.30``.
     """
 
     RUN = "run.json"
@@ -65,10 +66,11 @@ class RunDirectory:
     PRUNED = "pruned.ckpt"
     LAST = "last.ckpt"
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, kind: str = "flops") -> None:
         if not isinstance(path, (str, os.PathLike)):
             raise ConfigurationError(f"`dirpath` must be a path (a string), got {type(path).__name__} {path!r}")
         self.path = os.path.abspath(os.fspath(path))
+        self.kind = kind
 
     def __repr__(self) -> str:
         return f"RunDirectory({self.path!r})"
@@ -88,7 +90,7 @@ class RunDirectory:
         return os.path.normpath(self.file(*relative.split("/")))
 
     def budget_dir(self, budget: float) -> str:
-        return self.file(f"flops_{budget_name(budget)}")
+        return self.file(f"{self.kind}_{budget_name(budget)}")
 
     # ------------------------------------------------------------------ settings
     def check_settings(self, settings: Dict[str, Any]) -> None:

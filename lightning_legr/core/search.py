@@ -14,7 +14,8 @@ from lightning_legr.core._io import PathLike, read_json, write_json
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
 from lightning_legr.core.pruner import LeGRPruner
-from lightning_legr.core.selection import check_budget
+from lightning_legr.core.cost import check_kind
+from lightning_legr.core.selection import Selection, check_budget
 from lightning_legr.core.structure import ExampleInputs
 from lightning_legr.core.transform import Transform
 
@@ -56,7 +57,7 @@ class Generation:
     best_fitness: float
     mean_fitness: float
     widths: np.ndarray  # at the smallest search budget
-    ratio: float  # fraction of the FLOPs kept at the smallest search budget
+    ratio: float  # fraction of the cost (of the search's kind: FLOPs, parameters) kept at the smallest search budget
     seconds: float
     non_finite: bool = False  # the fitness function returned NaN or an infinity
 
@@ -94,6 +95,9 @@ class LeGRSearch:
         fitness_name: what the fitness is, for error messages (e.g. "`monitor='val_loss'`").
         workers: how a step's candidates are evaluated (default :class:`SerialWorkers`: one candidate per
             step, in this process); ``workers.size`` candidates are made per step from the same population.
+        kind: what the budgets in ``flops`` are fractions of: ``"flops"`` (the default) or another kind of
+            :data:`~lightning_legr.core.cost.COST_KINDS`, e.g. ``"params"``: candidates are then pruned to
+            that share of the parameters.
         **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
             ``min_step``, ``seed`` of :class:`~lightning_legr.core.evolution.RegularizedEvolution`.
 
@@ -118,6 +122,7 @@ class LeGRSearch:
         state_path: Optional[PathLike] = None,
         fitness_name: str = "the fitness",
         workers: Optional[SerialWorkers] = None,
+        kind: str = "flops",
         **evolution: Any,
     ) -> None:
         if not callable(fitness):
@@ -127,9 +132,10 @@ class LeGRSearch:
         self.fitness_name = fitness_name
         self.workers = workers or SerialWorkers()
         self.evaluating: Optional[int] = None  # the generation of the candidate being evaluated
-        self.budgets = sorted(check_budgets(flops))
+        self.kind = check_kind(kind)
+        self.budgets = sorted(check_budgets(flops, kind))
         for budget in self.budgets:
-            self.pruner.select(budget)  # an unreachable budget fails here, before any evaluation
+            self._select(budget)  # an unreachable budget fails here, before any evaluation
         self.evolution = RegularizedEvolution(pruner.score_spread(), **evolution)
         self.state_path = None if state_path is None else os.fspath(state_path)
         if self.state_path and os.path.exists(self.state_path):
@@ -144,7 +150,7 @@ class LeGRSearch:
         start = time.perf_counter()
         first = self.evolution.generation
         transforms = [self._transform(a, k) for a, k in self.evolution.ask_batch(self.workers.size)]
-        selections = [[self.pruner.select(budget, t) for budget in self.budgets] for t in transforms]
+        selections = [[self._select(budget, t) for budget in self.budgets] for t in transforms]
 
         def evaluate(i: int) -> float:
             self.evaluating = first + i
@@ -163,6 +169,9 @@ class LeGRSearch:
                        non_finite=not math.isfinite(fitness))
             for i, ((told, best, mean), chosen, fitness) in enumerate(zip(history, selections, fitnesses))
         ]
+
+    def _select(self, budget: float, transform: Optional[Transform] = None) -> Selection:
+        return self.pruner.select(transform=transform, **{self.kind: budget})
 
     def _check_some_finite(self) -> None:
         evolution = self.evolution
@@ -192,7 +201,7 @@ class LeGRSearch:
         info = {
             "fitness": fitness if math.isfinite(fitness) else None,
             "generation": generation,
-            "search_flops": self.budgets if len(self.budgets) > 1 else self.budgets[0],
+            f"search_{self.kind}": self.budgets if len(self.budgets) > 1 else self.budgets[0],
             "generations": self.evolution.generations,
             "population": self.evolution.population,
             "seed": self.evolution.seed,
@@ -204,7 +213,7 @@ class LeGRSearch:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
-        return {
+        state = {
             "format": STATE_FORMAT,
             "groups": [list(g) for g in self.pruner.structure.signature()],
             "criterion": self.pruner.criterion.name,
@@ -213,6 +222,9 @@ class LeGRSearch:
             "budgets": self.budgets,
             "evolution": self.evolution.state_dict(),
         }
+        if self.kind != "flops":  # states of FLOP searches stay as they were
+            state["kind"] = self.kind
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Resume from a saved state; refuse one that belongs to a different search."""
@@ -220,7 +232,10 @@ class LeGRSearch:
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ConfigurationError(f"{where} is not a lightning-legr search state.")
         mine = self.state_dict()
-        differs = [k for k in ("groups", "criterion", "safeguard", "round_to", "budgets") if state.get(k) != mine[k]]
+        keys = ("groups", "criterion", "safeguard", "round_to", "budgets")
+        differs = [k for k in keys if state.get(k) != mine[k]]
+        if state.get("kind", "flops") != self.kind:
+            differs.append(f"kind of budget: {state.get('kind', 'flops')} there, {self.kind} here")
         if differs:
             raise ConfigurationError(
                 f"{where} belongs to another search (different {', '.join(differs)}). Use another state path"
@@ -246,6 +261,7 @@ def learn_transform(
     mutation_rate: float = 0.1,
     sigma: float = 1.0,
     seed: int = 0,
+    kind: str = "flops",
     **pruner_kwargs: Any,
 ) -> Transform:
     """Learn a LeGR transform for ``model`` without Lightning.
@@ -253,7 +269,8 @@ def learn_transform(
     Every budget in ``flops`` is checked first (reachable under the safeguard); the search prunes
     candidates to ``search_flops``: by default the smallest budget, as in the paper; a list averages
     the fitness over several. ``fitness(pruned_model) -> float`` is yours: validation loss, possibly
-    after a few fine-tune steps; lower is better.
+    after a few fine-tune steps; lower is better. ``kind="params"`` makes the budgets fractions of the
+    parameters instead of the FLOPs (any kind of :data:`~lightning_legr.core.cost.COST_KINDS`).
 
     Keyword arguments not listed go to :class:`~lightning_legr.core.pruner.LeGRPruner` (``criterion``,
     ``safeguard``, ``round_to``, ``ignored_layers``, ``customized_pruners``).
@@ -268,12 +285,13 @@ def learn_transform(
         >>> len(t.alpha) == len(t.groups)
         True
     """
-    budgets = check_budgets(flops)
+    kind = check_kind(kind)
+    budgets = check_budgets(flops, kind)
     pruner = LeGRPruner(model, example_inputs, **pruner_kwargs)
     for budget in budgets:
-        pruner.select(budget)
+        pruner.select(**{kind: budget})
     search = LeGRSearch(
-        pruner, fitness, min(budgets) if search_flops is None else search_flops, state_path,
+        pruner, fitness, min(budgets) if search_flops is None else search_flops, state_path, kind=kind,
         generations=generations, population=population,
         sample_size=sample_size, mutation_rate=mutation_rate, sigma=sigma, seed=seed,
     )

@@ -1,5 +1,7 @@
 """Cost models: parameter budgets counted independently, the generic protocol, one kind at a time."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -63,3 +65,35 @@ def test_one_call_params_api():
     small = prune(model, example_input(), params=0.5)
     assert 0.495 * count_params(model) <= count_params(small) <= 0.5 * count_params(model)
     assert isinstance(shared_pruner("vgg_small").cost_model("params"), ParamModel)
+
+
+def test_a_search_on_parameter_budgets(tmp_path):
+    """The search prunes every candidate to the share of the parameters, and its state says so."""
+    from lightning_legr import LeGRPruner
+    from lightning_legr.core.search import LeGRSearch, learn_transform
+    from lightning_legr.models import cifar_resnet
+
+    torch.manual_seed(0)
+    model, x = cifar_resnet(20), torch.randn(4, 3, 32, 32)
+    total = count_params(model)
+    seen = []
+
+    def fitness(pruned):
+        seen.append(count_params(pruned) / total)
+        with torch.no_grad():
+            return float((pruned(x) - model(x)).pow(2).mean())
+
+    state = tmp_path / "state.json"
+    search = LeGRSearch(LeGRPruner(model, x[:1]), fitness, 0.5, state, kind="params", generations=4, population=2,
+                        sample_size=1)
+    transform = search.run()
+    assert len(seen) == 4 and all(0.49 <= r <= 0.5 for r in seen)
+    assert transform.info["search_params"] == 0.5
+    assert json.loads(state.read_text())["kind"] == "params"
+    with pytest.raises(ConfigurationError, match="kind of budget: params there, flops here"):
+        LeGRSearch(search.pruner, fitness, 0.5, state, generations=4, population=2, sample_size=1)
+
+    seen.clear()
+    learned = learn_transform(model, x[:1], [0.5, 0.8], fitness, kind="params", generations=3, population=2, sample_size=1)
+    assert len(seen) == 3 and all(0.49 <= r <= 0.5 for r in seen)
+    assert learned.info["search_params"] == 0.5
