@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils import benchmark
 
 from lightning_legr.core._io import atomic_path, write_json
-from lightning_legr.core.structure import ExampleInputs, map_tensors, run_model
+from lightning_legr.core.structure import ExampleInputs, batch_of, map_tensors, run_model
 
 __all__ = ["Latency", "measure_latency", "measure_latencies", "batch_of", "format_table", "write_results", "plot_metric",
            "plot_widths"]
@@ -32,18 +32,6 @@ COLUMNS = [
 ]
 _SCALE = {"flops": 1e-6, "params": 1e-3}
 LATENCY_BATCHES = (1, 64)
-
-
-def batch_of(example_inputs: ExampleInputs, batch_size: int) -> ExampleInputs:
-    """The example input repeated along the batch dimension to ``batch_size`` samples."""
-
-    def grow(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0:
-            return x
-        reps = -(-batch_size // x.shape[0])
-        return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
-
-    return map_tensors(example_inputs, grow)
 
 
 @dataclass

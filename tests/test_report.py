@@ -52,7 +52,11 @@ def test_the_model_is_timed_on_a_copy():
 
 
 def test_table_without_latency_or_folder():
-    rows = [{"budget": 1.0, "flops": 2e6, "flops_ratio": 1.0, "params": 1000, "metric_before": 0.5, "checkpoint": "base.ckpt"}]
+    rows = [{"budget": 1.0, "flops": 2e6, "flops_ratio": 1.0, "params": 1000, "params_ratio": 1.0, "metric_before": 0.5,
+             "checkpoint": "base.ckpt"}]
     lines = format_table(rows, "val_loss").splitlines()
-    assert lines[0].startswith("pruned / tuned: val_loss") and lines[1].startswith("budget")
-    assert lines[3].split() == ["1.00", "2.00", "100.0%", "1.0", "0.5000", "-", "-", "-", "base.ckpt"]
+    assert lines[0].startswith("budget: share of the FLOPs kept") and lines[1].startswith("pruned / tuned: val_loss")
+    assert lines[2].startswith("budget")
+    assert lines[4].split() == ["1.00", "2.00", "100.0%", "1.0", "100.0%", "0.5000", "-", "-", "-", "base.ckpt"]
+    rows[0]["kind"] = "params"
+    assert format_table(rows, "val_loss").splitlines()[0].startswith("budget: share of the parameters kept")

@@ -3,9 +3,14 @@
 Each conv/linear layer of a :class:`~lightning_legr.core.structure.Structure` is timed *alone*, on
 inputs of the shapes it sees in the network (every call of it), at a small grid of widths (input
 and output channels as they shrink), on the device, thread count and batch size given. What runs
-around the layers (BatchNorm, activations, adds, pooling) is not in the table; the end-to-end
-correction (not yet in this module) is what accounts for it. Every figure carries its spread (IQR).
-Layers of identical configuration and input shape are timed once.
+around the layers (BatchNorm, activations, adds, pooling) is not in the table: the unpruned network is
+timed end to end too, and the difference is the cost model's constant. Every figure carries its spread
+(IQR). Layers of identical configuration and input shape are timed once.
+
+The ``latency`` kind of budget (``prune(model, x, latency=0.5)``, ``LeGRPruner.prune(latency=0.5)``)
+selects channels against the table, then measures the pruned network end to end and corrects the
+selection along the same global ranking (:func:`meet_latency`) until the measured latency lands
+within 5% of the target, or within the measurement's own spread when that is larger.
 """
 
 import copy
@@ -19,11 +24,12 @@ from torch import nn
 from torch.utils import benchmark
 
 from lightning_legr.core._io import PathLike, read_json, write_json
-from lightning_legr.core.cost import LayerCost
+from lightning_legr.core.cost import LayerCost, register_cost
 from lightning_legr.core.errors import ConfigurationError
-from lightning_legr.core.structure import ExampleInputs, Structure, run_model
+from lightning_legr.core.structure import ExampleInputs, Structure, batch_of, map_tensors, run_model
 
-__all__ = ["Timing", "BenchmarkTimer", "LatencyTable", "LatencyModel", "measure_table", "load_or_measure_table", "measure_key"]
+__all__ = ["Timing", "BenchmarkTimer", "LatencyTable", "LatencyModel", "LatencyFit", "measure_table",
+           "load_or_measure_table", "measure_key", "latency_cost", "meet_latency"]
 
 FORMAT = "lightning-legr/latency-table"
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0 means one channel
@@ -122,6 +128,7 @@ class LatencyTable:
 
     key: Dict[str, Any]
     layers: List[Dict[str, Any]]
+    network: Optional[Dict[str, Any]] = None  # the unpruned network end to end: median_ms, iqr_ms, rounds
 
     def latency(self, row: int, c_in: np.ndarray, c_out: np.ndarray) -> np.ndarray:
         """Bilinear interpolation of row ``row`` at channel counts ``c_in`` / ``c_out`` (clamped to the grid),
@@ -140,7 +147,7 @@ class LatencyTable:
         return (1 - w) * low + w * high
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"format": FORMAT, "version": 1, "key": self.key, "layers": self.layers}
+        return {"format": FORMAT, "version": 1, "key": self.key, "network": self.network, "layers": self.layers}
 
 
 def _record_inputs(structure: Structure, inputs: ExampleInputs) -> Dict[str, List[tuple]]:
@@ -195,7 +202,8 @@ def measure_table(
                        "in_widths": gi, "out_widths": go, "median_ms": median, "iqr_ms": iqr})
     key = {"layers": [[l["name"], l["config"], l["input_shapes"]] for l in layers], "device": device,
            "setting": describe or {}, "fractions": list(FRACTIONS), "torch": torch.__version__}
-    return LatencyTable(key, layers)
+    network = timer(copy.deepcopy(structure.model).to(device).eval(), inputs)
+    return LatencyTable(key, layers, {"median_ms": network.median_ms, "iqr_ms": network.iqr_ms, "rounds": network.rounds})
 
 
 def load_or_measure_table(
@@ -211,8 +219,8 @@ def load_or_measure_table(
             data = None
         if isinstance(data, dict) and data.get("format") == FORMAT:
             fresh_key = measure_key(structure, inputs, device, describe)
-            if data.get("key") == fresh_key:
-                return LatencyTable(data["key"], data["layers"])
+            if data.get("key") == fresh_key and data.get("network"):
+                return LatencyTable(data["key"], data["layers"], data["network"])
     table = measure_table(structure, inputs, timer, device, describe)
     if path is not None:
         write_json(path, table.to_dict())
@@ -232,10 +240,12 @@ class LatencyModel(LayerCost):
     """Latency (ms) as a function of the channels removed: the table's interpolated per-layer figures,
     plus the rest of the network measured end to end (``network_ms`` minus the layers at full width) as
     the constant, so ``total`` equals the measured unpruned latency. Selection then works against it
-    like against FLOPs. (The end-to-end correction on top of it is not written yet.)"""
+    like against FLOPs; :func:`meet_latency` corrects a selection by measuring the pruned network.
+
+    ``measure(module)`` (set by :func:`latency_cost`) times a network end to end at the table's setting."""
 
     kind = "latency"
-    unit = "ms"
+    unit = "latency (as the table predicts it)"
 
     def __init__(self, structure: Structure, table: LatencyTable, network_ms: float) -> None:
         super().__init__(structure)
@@ -250,3 +260,145 @@ class LatencyModel(LayerCost):
     def layer_costs(self, inp: np.ndarray, out: np.ndarray) -> np.ndarray:
         inp, out = np.asarray(inp, float), np.asarray(out, float)
         return np.stack([self.table.latency(r, inp[..., r], out[..., r]) for r in range(len(self.layer_names))], -1)
+
+    def meet(self, pruner: Any, budget: float, transform: Any = None):
+        """The measured correction of a selection (see :func:`meet_latency`)."""
+        return meet_latency(pruner, budget, transform)
+
+
+def latency_cost(
+    structure: Structure,
+    batch_size: int = 1,
+    threads: int = 1,
+    device: Optional[str] = None,
+    cache: Optional[PathLike] = None,
+    timer: Optional[Timer] = None,
+    rounds: int = 5,
+) -> LatencyModel:
+    """The ``latency`` kind's cost model: the per-layer table of ``structure`` measured (or loaded from
+    ``cache``) at ``batch_size`` on ``device`` (default: where the model's parameters are) with ``threads``
+    CPU threads, and the unpruned network timed end to end. Options come from
+    ``LeGRPruner(cost_options={"latency": {...}})``.
+
+    Example::
+
+        >>> from lightning_legr.core.structure import Structure
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+        >>> fast = BenchmarkTimer(rounds=2, min_run_time=0.001, warmup=0.001)
+        >>> model = latency_cost(Structure(net, torch.randn(1, 3, 16, 16)), timer=fast)
+        >>> model.setting["batch_size"], model.total > 0
+        (1, True)
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigurationError(f"`batch_size` of a latency budget must be a positive integer, got {batch_size!r}")
+    if structure.example_inputs is None:
+        raise ConfigurationError("A latency budget needs an example input to time the network on; give one.")
+    if device is None:
+        first = next(structure.model.parameters(), None)
+        device = "cpu" if first is None else str(first.device)
+    timer = timer or BenchmarkTimer(threads=threads, rounds=rounds)
+    inputs = map_tensors(batch_of(structure.example_inputs, batch_size), lambda t: t.detach().to(device))
+    describe = getattr(timer, "describe", lambda: {"timer": type(timer).__name__})()
+    setting = {"batch_size": batch_size, "device": device, **describe}
+    table = load_or_measure_table(cache, structure, inputs, timer, device, setting)
+    model = LatencyModel(structure, table, table.network["median_ms"])
+    model.setting = setting
+    model.unpruned = Timing(table.network["median_ms"], table.network["iqr_ms"], table.network["rounds"])
+    model.measure = lambda module: timer(copy.deepcopy(module).to(device).eval(), inputs)
+    return model
+
+
+register_cost("latency", latency_cost)
+
+
+@dataclass
+class LatencyFit:
+    """How a latency budget was met: the target, what the chosen network measured end to end, and how.
+
+    ``within`` says whether the measured latency landed within ``tolerance_ms`` of the target: 5% of it,
+    or the measurement's own spread (IQR) when that is larger (``spread_limited`` then).
+    """
+
+    budget: float
+    target_ms: float
+    measured_ms: float
+    iqr_ms: float
+    tolerance_ms: float
+    within: bool
+    spread_limited: bool
+    table_budget: float  # the budget against the table that gave the chosen selection
+    measurements: int
+    unpruned_ms: float
+    setting: Dict[str, Any]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def meet_latency(pruner: Any, budget: float, transform: Any = None, tolerance: float = 0.05, max_steps: int = 8):
+    """``(selection, LatencyFit)`` for a latency budget: the selection against the table, corrected by
+    measuring the pruned network end to end and bisecting along the same global ranking (a budget
+    against the table, in ``[floor, 1]``) until the measured latency is within ``tolerance`` of
+    ``budget`` x the unpruned latency, or the measurement's spread when larger; otherwise the closest
+    one found in ``max_steps`` measurements (``within=False``).
+
+    Raises:
+        ConfigurationError: the target is below the reachable floor: the network pruned as far as the
+            safeguard allows, measured, is slower than the target by more than the tolerance.
+    """
+    from lightning_legr.core.selection import check_budget
+
+    budget = check_budget(budget, "latency")
+    model = pruner.cost_model("latency")
+    unpruned = model.unpruned.median_ms
+    target = budget * unpruned
+    lowest = pruner.min_budget("latency")
+    cache: Dict[tuple, Timing] = {}
+
+    def measure(table_budget: float):
+        selection = pruner.select(transform=transform, latency=table_budget)
+        key = tuple(int(w) for w in selection.widths)
+        if key not in cache:
+            cache[key] = model.measure(pruner.apply(selection))
+        return selection, cache[key]
+
+    def band(t: Timing) -> float:
+        return max(tolerance * target, t.iqr_ms)
+
+    floor_selection, floor = measure(lowest)
+    if floor.median_ms - band(floor) > target:
+        where = _describe_setting(model.setting)
+        raise ConfigurationError(
+            f"A latency budget of {budget:g} ({target:.3f} ms {where}) cannot be reached: the network pruned as far"
+            f" as the safeguard allows runs in {floor.median_ms:.3f} ms (IQR {floor.iqr_ms:.3f}), {floor.median_ms / unpruned:.3f}"
+            f" of the unpruned {unpruned:.3f} ms: per-layer overhead that removing channels cannot remove. Raise the"
+            f" budget to {floor.median_ms / unpruned:.3f} or more, or lower `safeguard`."
+        )
+    lo, hi, table_budget = lowest, 1.0, max(budget, lowest)
+    best = (abs(floor.median_ms - target), floor_selection, floor, lowest)
+    for _ in range(max_steps):
+        selection, timing = measure(table_budget)
+        if abs(timing.median_ms - target) < best[0]:
+            best = (abs(timing.median_ms - target), selection, timing, table_budget)
+        if abs(timing.median_ms - target) <= band(timing):
+            break
+        if timing.median_ms > target:
+            hi = table_budget
+        else:
+            lo = table_budget
+        if hi - lo < 1e-4:
+            break
+        table_budget = (lo + hi) / 2
+    _, selection, timing, table_budget = best
+    fit = LatencyFit(
+        budget=budget, target_ms=target, measured_ms=timing.median_ms, iqr_ms=timing.iqr_ms, tolerance_ms=band(timing),
+        within=abs(timing.median_ms - target) <= band(timing), spread_limited=timing.iqr_ms > tolerance * target,
+        table_budget=float(table_budget), measurements=len(cache), unpruned_ms=unpruned, setting=dict(model.setting),
+    )
+    return selection, fit
+
+
+def _describe_setting(setting: Dict[str, Any]) -> str:
+    threads = setting.get("threads")
+    return (f"at batch {setting.get('batch_size')} on {setting.get('device')}"
+            + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""))

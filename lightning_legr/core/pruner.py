@@ -10,6 +10,7 @@ from lightning_legr.core.criteria import Criterion, get_criterion
 from lightning_legr.core.cost import COST_KINDS, LayerCost, check_kind, cost_factory
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.flops import calibrated_flop_model
+from lightning_legr.core import latency as _latency  # noqa: F401 - registers the latency kind
 from lightning_legr.core.selection import Selection, Selector, check_budget
 from lightning_legr.core.structure import ExampleInputs, Structure, run_model
 from lightning_legr.core.surgery import prune_copy
@@ -141,13 +142,25 @@ class LeGRPruner:
 
     def prune(self, flops: Optional[float] = None, transform: Optional[Transform] = None, **budget: float) -> nn.Module:
         """A physically pruned deep copy of the model at ``flops`` x the original FLOPs (or
-        ``params=`` x the original parameters, ...)."""
-        return self.apply(self.select(flops, transform, **budget))
+        ``params=`` x the original parameters, ``latency=`` x the measured latency, ...).
 
-    def apply(self, selection: Selection) -> nn.Module:
-        """A physically pruned deep copy of the model, without the channels ``selection`` removes."""
+        A measured kind (``latency``) is selected against its table, then corrected by measuring the
+        pruned network end to end (:func:`~lightning_legr.core.latency.meet_latency`); how it landed
+        is in the pruning record's last step, ``"fit"``.
+        """
+        kind, value = one_budget(flops, budget)
+        model = self.cost_model(kind)
+        if hasattr(model, "meet"):
+            selection, fit = model.meet(self, value, transform)
+            return self.apply(selection, {"fit": fit.to_dict()})
+        return self.apply(self.select(transform=transform, **{kind: value}))
+
+    def apply(self, selection: Selection, info: Optional[Dict[str, Any]] = None) -> nn.Module:
+        """A physically pruned deep copy of the model, without the channels ``selection`` removes
+        (``info``: more entries for its pruning record)."""
+        extra = dict(info or {})
         if selection.kind == "flops":
-            info: Dict[str, Any] = {"flops": selection.cost, "original_flops": selection.total_cost}
+            info = {"flops": selection.cost, "original_flops": selection.total_cost}
         else:
             removed = np.zeros(self.structure.num_channels)
             for g, channels in enumerate(selection.removed):
@@ -156,7 +169,7 @@ class LeGRPruner:
                 "flops": self.flop_model.cost(removed), "original_flops": self.flop_model.total,
                 "kind": selection.kind, selection.kind: selection.cost, f"original_{selection.kind}": selection.total_cost,
             }
-        return prune_copy(self.structure, selection, self.customized_pruners, info)
+        return prune_copy(self.structure, selection, self.customized_pruners, {**info, **extra})
 
 
 def one_budget(flops: Optional[float] = None, budget: Optional[Dict[str, Any]] = None, default: Optional[float] = None):

@@ -3,10 +3,14 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from lightning_legr.core.latency import BenchmarkTimer, Timing, load_or_measure_table
+from lightning_legr import LeGRPruner, prune
+from lightning_legr.core.errors import ConfigurationError
+from lightning_legr.core.latency import BenchmarkTimer, Timing, _LayerCalls, load_or_measure_table
+from lightning_legr.core.surgery import pruning_record
 from lightning_legr.core.structure import Structure
 from tests.models import vgg_small
 
@@ -70,3 +74,81 @@ def test_latency_model_totals_the_measured_network(tmp_path):
     removed = np.zeros(structure.num_channels)
     removed[: structure.groups[1].width // 2 + structure.offsets[1]] = 1
     assert model.cost(removed) < model.total
+
+
+class NetworkTimer(FakeTimer):
+    """Deterministic, and unlike the table on purpose: a whole network costs ``overhead`` ms plus ``scale``
+    times its layers (a layer timed alone costs what FakeTimer says), so the table's prediction of a
+    pruned network is off and only the end-to-end correction can meet a budget."""
+
+    def __init__(self, overhead: float = 0.5, scale: float = 1.3) -> None:
+        super().__init__()
+        self.overhead, self.scale, self.networks = overhead, scale, 0
+
+    def __call__(self, module, inputs) -> Timing:
+        timing = super().__call__(module, inputs)
+        if isinstance(module, _LayerCalls):
+            return timing
+        self.networks += 1
+        return Timing(self.overhead + self.scale * timing.median_ms, 0.0, 1)
+
+
+def _true_ms(timer: NetworkTimer, module, x) -> float:
+    return NetworkTimer(timer.overhead, timer.scale)(module.eval(), x).median_ms
+
+
+def test_a_latency_budget_is_corrected_to_within_5_percent_of_the_measured_target():
+    x = torch.randn(1, 3, 32, 32)
+    model = vgg_small()
+    timer = NetworkTimer()
+    pruner = LeGRPruner(model, x, cost_options={"latency": {"timer": timer}})
+    unpruned = _true_ms(timer, model, x)
+    assert np.isclose(pruner.cost_model("latency").total, unpruned)
+    table_only = pruner.apply(pruner.select(latency=0.6))
+    assert abs(_true_ms(timer, table_only, x) / unpruned - 0.6) > 0.05 * 0.6  # the table alone misses
+    small = pruner.prune(latency=0.6)
+    measured = _true_ms(timer, small, x)
+    assert abs(measured - 0.6 * unpruned) <= 0.05 * 0.6 * unpruned
+    fit = pruning_record(small)["steps"][-1]["fit"]
+    assert fit["within"] and not fit["spread_limited"] and np.isclose(fit["measured_ms"], measured)
+    assert fit["setting"]["batch_size"] == 1 and fit["setting"]["device"] == "cpu"
+    assert fit["table_budget"] != 0.6 and fit["measurements"] >= 2
+    # the same through the one-call API, with a batch size of the user's
+    small = prune(model, x, latency=0.6, cost_options={"latency": {"timer": NetworkTimer(), "batch_size": 4}})
+    fit = pruning_record(small)["steps"][-1]["fit"]
+    assert fit["within"] and fit["setting"]["batch_size"] == 4
+
+
+def test_a_latency_target_below_the_floor_is_refused_with_the_floor():
+    x = torch.randn(1, 3, 32, 32)
+    timer = NetworkTimer(overhead=100.0, scale=1.0)  # per-network overhead no pruning removes
+    pruner = LeGRPruner(vgg_small(), x, cost_options={"latency": {"timer": timer}})
+    with pytest.raises(ConfigurationError, match=r"A latency budget of 0\.5 \(.* ms at batch 1 on cpu\) cannot be"
+                       r" reached: the network pruned as far as the safeguard allows runs in .* ms .* Raise the budget"
+                       r" to 0\.\d+ or more"):
+        pruner.prune(latency=0.5)
+
+
+def test_latency_budget_inputs_are_checked_before_any_timing():
+    x = torch.randn(1, 3, 32, 32)
+    timer = NetworkTimer()
+    with pytest.raises(ConfigurationError, match="Give one kind of budget, got `flops` and `latency`"):
+        prune(vgg_small(), x, flops=0.5, latency=0.5, cost_options={"latency": {"timer": timer}})
+    with pytest.raises(ConfigurationError, match="`batch_size` of a latency budget must be a positive integer"):
+        LeGRPruner(vgg_small(), x, cost_options={"latency": {"timer": timer, "batch_size": 0}}).select(latency=0.5)
+    with pytest.raises(ConfigurationError, match=r"`latency` must be in \(0, 1\]"):
+        LeGRPruner(vgg_small(), x, cost_options={"latency": {"timer": timer}}).prune(latency=1.5)
+    assert timer.calls == 0
+
+
+def test_latency_budget_with_the_real_timer_on_a_tiny_net(tmp_path):
+    x = torch.randn(1, 3, 32, 32)
+    fast = BenchmarkTimer(rounds=3, min_run_time=0.005, warmup=0.005)
+    cache = tmp_path / "latency_table.json"
+    pruner = LeGRPruner(vgg_small(), x, cost_options={"latency": {"timer": fast, "cache": cache}})
+    small = pruner.prune(latency=0.9)
+    fit = pruning_record(small)["steps"][-1]["fit"]
+    assert fit["measured_ms"] > 0 and fit["tolerance_ms"] >= 0.05 * fit["target_ms"]
+    table = json.loads(cache.read_text())
+    assert table["network"]["median_ms"] == pytest.approx(fit["unpruned_ms"])
+    assert table["key"]["setting"]["threads"] == 1 and table["key"]["setting"]["batch_size"] == 1
