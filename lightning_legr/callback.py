@@ -24,6 +24,7 @@ from lightning_legr.core.criteria import get_criterion
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
 from lightning_legr.core.flops import count_flops, count_params
+from lightning_legr.core.latency import check_latency_budgets, latency_cost, meet_latency
 from lightning_legr.core.pruner import LeGRPruner
 from lightning_legr.core.search import Generation, LeGRSearch, check_budgets
 from lightning_legr.core.selection import check_round_to, check_safeguard
@@ -164,10 +165,12 @@ class LeGRCallback(Callback):
         latency_threads: int = 1,
         params: Optional[List[float]] = None,
         search_params: Optional[Union[float, List[float]]] = None,
+        latency_budgets: Optional[List[float]] = None,
+        latency_batch_size: int = 1,
     ) -> None:
         super().__init__()
-        self.kind, budgets, search = _budget_kind(flops, params, search_flops, search_params)
-        self.budgets = check_budgets(budgets, self.kind, unpruned=False)
+        self.kind, budgets, search = _budget_kind(flops, params, latency_budgets, search_flops, search_params)
+        self.budgets = check_budgets(budgets, _BUDGET_ARGUMENT[self.kind], unpruned=False)
         self.search_budgets = (
             sorted(check_budgets(search, f"search_{self.kind}", unpruned=False))
             if search is not None else [min(self.budgets)]
@@ -194,6 +197,8 @@ class LeGRCallback(Callback):
         if not isinstance(latency, bool):
             raise ConfigurationError(f"`latency` must be True or False, got {latency!r}")
         _check_int("latency_threads", latency_threads, 1)
+        _check_int("latency_batch_size", latency_batch_size, 1)
+        self.latency_batch_size = latency_batch_size
         if customized_pruners is not None and not isinstance(customized_pruners, dict):
             raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
         self.run = None if dirpath is None else RunDirectory(dirpath, self.kind)  # refuses a dirpath that is not a path
@@ -225,6 +230,11 @@ class LeGRCallback(Callback):
     def params(self) -> Optional[List[float]]:
         """The parameter budgets, as given (None when the budgets are of the FLOPs)."""
         return list(self.budgets) if self.kind == "params" else None
+
+    @property
+    def latency_budgets(self) -> Optional[List[float]]:
+        """The latency budgets, as given (None when the budgets are of another kind)."""
+        return list(self.budgets) if self.kind == "latency" else None
 
     @property
     def _of(self) -> str:
@@ -279,7 +289,9 @@ class LeGRCallback(Callback):
         datamodule = trainer.datamodule
         return {
             "legr": {  # FLOP runs keep the keys they had before parameter budgets existed
-                self.kind: sorted(self.budgets),
+                _BUDGET_ARGUMENT[self.kind]: sorted(self.budgets),
+                **({"latency_batch_size": self.latency_batch_size, "latency_threads": self.latency_threads}
+                   if self.kind == "latency" else {}),
                 f"search_{self.kind}": self.search_budgets if len(self.search_budgets) > 1 else self.search_budgets[0],
                 "generations": self.generations,
                 "population": self.population,
@@ -319,7 +331,9 @@ class LeGRCallback(Callback):
             )
         resumed = self._resume_pretraining(trainer, pl_module, ranks)
         self._example = self._example_input(pl_module, data)
-        pruner = self._pruner(pl_module)  # raises if the model cannot be pruned
+        pruner = self._pruner(pl_module, ranks)  # raises if the model cannot be pruned
+        if self.kind == "latency":  # a target below the measured floor: refused now, with the floor
+            ranks.from_zero(lambda: check_latency_budgets(pruner, self.budgets) and None)
         for budget in self.budgets + self.search_budgets:
             pruner.select(**{self.kind: budget})  # raises if the safeguard makes a budget unreachable
         if self.transform_path is not None:
@@ -360,12 +374,21 @@ class LeGRCallback(Callback):
             example = batch_inputs(next(iter(data.loader("val"))))[:1]
         return map_tensors(example, lambda t: t.to(pl_module.device))
 
-    def _pruner(self, pl_module: pl.LightningModule) -> LeGRPruner:
-        return LeGRPruner(
+    def _pruner(self, pl_module: pl.LightningModule, ranks: Ranks) -> LeGRPruner:
+        options = {}
+        if self.kind == "latency":
+            options = {"latency": {"batch_size": self.latency_batch_size, "threads": self.latency_threads,
+                                   "cache": self.run.file(RunDirectory.LATENCY_TABLE)}}
+        pruner = LeGRPruner(
             pl_module, map_tensors(self._example, lambda t: t.to(pl_module.device)), criterion=self.criterion,
             safeguard=self.safeguard, round_to=self.round_to, ignored_layers=self.ignored_layers,
-            customized_pruners=self.customized_pruners or None,
+            customized_pruners=self.customized_pruners or None, cost_options=options,
         )
+        if self.kind == "latency" and ranks.size > 1:  # rank 0 measures; every rank selects against its table
+            table = ranks.from_zero(lambda: pruner.cost_model("latency").table.to_dict())
+            if not ranks.zero:
+                pruner.use_cost(latency_cost(pruner.structure, table=table, **options["latency"]))
+        return pruner
 
     # ------------------------------------------------------------------ the run
     def _compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -375,12 +398,18 @@ class LeGRCallback(Callback):
             if not run.exists(RunDirectory.BASE):
                 save_module_checkpoint(pl_module, run.file(RunDirectory.BASE))
         data = DataSources(trainer)
-        pruner = self._pruner(pl_module)
+        pruner = self._pruner(pl_module, ranks)
         self.transform = self._learn(trainer, pruner, data, ranks)
         evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed)
         with quiet():
             base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
-        self.results = [ranks.broadcast(self._measure(1.0, pl_module, base_metric, None, run.file(RunDirectory.BASE)))]
+        unpruned = None
+        if self.kind == "latency":
+            timing = pruner.cost_model("latency").unpruned
+            unpruned = {"measured_ms": timing.median_ms, "iqr_ms": timing.iqr_ms}  # as the table measured it
+        self.results = [ranks.broadcast(
+            self._measure(1.0, pl_module, base_metric, None, run.file(RunDirectory.BASE), unpruned)
+        )]
         done = ranks.from_zero(run.finished)
         budgets = sorted(self.budgets, reverse=True)
         for i, budget in enumerate(budgets, 1):
@@ -488,7 +517,14 @@ class LeGRCallback(Callback):
         ranks: Ranks,
     ) -> Dict[str, Any]:
         directory = self.run.budget_dir(budget)
-        module = pruner.prune(transform=self.transform, **{self.kind: budget})
+        fit = None
+        if self.kind == "latency":  # measured end to end and corrected on rank 0; every rank prunes the same
+            fit = ranks.from_zero(lambda: meet_latency(pruner, budget, self.transform)[1].to_dict())
+            selection = pruner.select(transform=self.transform, latency=fit["table_budget"])
+            module = pruner.apply(selection, {"fit": fit})
+            self._report_fit(fit)
+        else:
+            module = pruner.prune(transform=self.transform, **{self.kind: budget})
         with quiet():
             evaluator.recalibrate(module)
             before = evaluator(copy.deepcopy(module), recalibrate=False)
@@ -506,7 +542,7 @@ class LeGRCallback(Callback):
             if _better(before, after, self.mode):
                 self._warn_finetuning_did_not_help(budget, before, after, pruned)
                 path = pruned
-        row = ranks.broadcast(self._measure(budget, module, before, after, path))  # rank 0's decisions for all
+        row = ranks.broadcast(self._measure(budget, module, before, after, path, fit))  # rank 0's decisions for all
         if ranks.zero:
             self.run.save_finished(row)
         return row
@@ -520,9 +556,21 @@ class LeGRCallback(Callback):
             " raise finetune_epochs."
         )
 
-    def _measure(self, budget: float, module: pl.LightningModule, before: float, after: Optional[float], path: str):
+    def _report_fit(self, fit: Dict[str, Any]) -> None:
+        how = "within" if fit["within"] else "NOT within"
+        limit = "its spread" if fit["spread_limited"] else "5%"
+        message = (
+            f"LeGR: {fit['budget']:.0%} of the measured latency: {fit['measured_ms']:.3f} ms (IQR {fit['iqr_ms']:.3f})"
+            f" against a target of {fit['target_ms']:.3f} ms, {how} {limit} ({fit['measurements']} networks measured)"
+        )
+        (rank_zero_info if fit["within"] else rank_zero_warn)(message)
+
+    def _measure(
+        self, budget: float, module: pl.LightningModule, before: float, after: Optional[float], path: str,
+        fit: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
         flops, params = count_flops(module, self._example), count_params(module)
-        return {
+        row = {
             "budget": budget,
             "kind": self.kind,
             "flops": flops,
@@ -533,6 +581,13 @@ class LeGRCallback(Callback):
             "metric_after": after,
             "checkpoint": os.path.abspath(path),
         }
+        if fit is not None:  # the end-to-end latency at the budgets' setting (the unpruned row: the table's)
+            row["latency_ms"], row["latency_iqr_ms"] = fit["measured_ms"], fit["iqr_ms"]
+            row["latency_ratio"] = fit["measured_ms"] / self.results[0]["latency_ms"] if self.results else 1.0
+            if "target_ms" in fit:
+                row.update(latency_target_ms=fit["target_ms"], latency_within=fit["within"],
+                           latency_spread_limited=fit["spread_limited"])
+        return row
 
     def _measure_latency(self, pl_module: pl.LightningModule) -> List[Dict[str, Any]]:
         """Every network of the run timed side by side (rebuilt from its checkpoint: the table's own files);
@@ -567,30 +622,35 @@ class LeGRCallback(Callback):
                 )
 
 
-_SHARE_OF = {"flops": "the FLOPs", "params": "the parameters"}
+_SHARE_OF = {"flops": "the FLOPs", "params": "the parameters", "latency": "the measured latency"}
+_BUDGET_ARGUMENT = {"flops": "flops", "params": "params", "latency": "latency_budgets"}
 
 
-def _budget_kind(flops: Any, params: Any, search_flops: Any, search_params: Any):
+def _budget_kind(flops: Any, params: Any, latency: Any, search_flops: Any, search_params: Any):
     """``(kind, budgets, search budgets)`` from the callback's arguments: budgets of one kind, given once."""
-    if flops is not None and params is not None:
+    given = {k: v for k, v in (("flops", flops), ("params", params), ("latency", latency)) if v is not None}
+    names = [f"`{_BUDGET_ARGUMENT[k]}`" for k in given]
+    if len(given) > 1:
         raise ConfigurationError(
-            "Give `flops` or `params`, not both: one run prunes to budgets of one kind (a learned transform can"
-            " be applied to budgets of the other kind later, with `transform=` and no new search). On the command"
-            " line, with a config that sets flops, add --legr.flops=null."
+            f"Give one kind of budgets, not {' and '.join(names)}: one run prunes to budgets of one kind (a learned"
+            " transform can be applied to budgets of another kind later, with `transform=` and no new search). On"
+            " the command line, with a config that sets flops, add --legr.flops=null."
         )
-    if flops is None and params is None:
+    if not given:
         raise ConfigurationError(
-            "Give the budgets: `flops=[0.3, 0.5, 0.7]` (shares of the FLOPs) or `params=[0.3, 0.5]` (of the parameters)."
+            "Give the budgets: `flops=[0.3, 0.5, 0.7]` (shares of the FLOPs), `params=[0.3, 0.5]` (of the parameters)"
+            " or `latency_budgets=[0.5, 0.7]` (of the measured latency)."
         )
-    kind = "flops" if flops is not None else "params"
-    mine, other = (search_flops, search_params) if kind == "flops" else (search_params, search_flops)
-    if other is not None:
-        given, wanted = ("search_params", "search_flops") if kind == "flops" else ("search_flops", "search_params")
-        raise ConfigurationError(
-            f"`{given}` was given with budgets of {_SHARE_OF[kind]}: the search prunes to budgets of the run's"
-            f" kind. Use `{wanted}`."
-        )
-    return kind, flops if kind == "flops" else params, mine
+    (kind, budgets), = given.items()
+    searches = {"flops": search_flops, "params": search_params}
+    for other, search in searches.items():
+        if other != kind and search is not None:
+            wanted = f" Use `search_{kind}`." if kind in searches else " The search prunes to the smallest of them."
+            raise ConfigurationError(
+                f"`search_{other}` was given with budgets of {_SHARE_OF[kind]}: the search prunes to budgets of the"
+                f" run's kind.{wanted}"
+            )
+    return kind, budgets, searches.get(kind)
 
 
 def _check_int(name: str, value: Any, minimum: int, alternative: str = "") -> None:

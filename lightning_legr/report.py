@@ -147,11 +147,18 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda items: "  ".join(s.rjust(w) if i < len(items) - 1 else s for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
     kind = next((r["kind"] for r in rows if r.get("kind")), "flops")
+    what = {"params": "parameters", "latency": "measured latency"}.get(kind, "FLOPs")
     notes = [
-        f"budget: share of the {'parameters' if kind == 'params' else 'FLOPs'} kept; FLOPs / params: shares measured"
-        " on the pruned model",
+        f"budget: share of the {what} kept; FLOPs / params: shares measured on the pruned model",
         f"pruned / tuned: {monitor} after pruning (BatchNorm re-estimated) / after fine-tuning",
     ]
+    for r in rows:  # latency budgets: what each network measured end to end against its target
+        if r.get("latency_target_ms") is not None:
+            how = "within" if r.get("latency_within") else "NOT within"
+            notes.append(
+                f"latency {r['budget']:.2f}: {r['latency_ms']:.3f} ms (IQR {r.get('latency_iqr_ms', 0):.3f}) measured,"
+                f" target {r['latency_target_ms']:.3f} ms, {how} {'its spread' if r.get('latency_spread_limited') else '5%'}"
+            )
     timed = next((r for r in rows if r.get("latency_threads")), None)
     if timed is not None:
         threads = timed["latency_threads"]
@@ -190,25 +197,29 @@ def _pyplot():
     return plt
 
 
-_AXIS = {"flops": (1e-6, "MFLOPs (MACs, ptflops)"), "params": (1e-3, "thousands of parameters")}
+_AXIS = {  # kind: (row key, scale, axis label)
+    "flops": ("flops", 1e-6, "MFLOPs (MACs, ptflops)"),
+    "params": ("params", 1e-3, "thousands of parameters"),
+    "latency": ("latency_ms", 1.0, "latency (ms, measured end to end at the budgets' setting)"),
+}
 
 
 def plot_metric(
     rows: Sequence[Dict[str, Any]], monitor: str, path: str, title: str = "LeGR", kind: str = "flops"
 ) -> None:
-    """The monitored metric against the FLOPs (``kind="params"``: the parameters), before and after
-    fine-tuning; the unpruned model as a star."""
+    """The monitored metric against the FLOPs (``kind="params"``: the parameters, ``"latency"``: the
+    measured latency), before and after fine-tuning; the unpruned model as a star."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    scale, label_x = _AXIS[kind]
-    pruned = sorted((r for r in rows if r["budget"] < 1.0), key=lambda r: r[kind])
+    column, scale, label_x = _AXIS[kind]
+    pruned = sorted((r for r in rows if r["budget"] < 1.0), key=lambda r: r[column])
     for key, label, style in (("metric_before", "pruned", "o--"), ("metric_after", "fine-tuned", "o-")):
-        points = [(r[kind] * scale, r[key]) for r in pruned if r.get(key) is not None]
+        points = [(r[column] * scale, r[key]) for r in pruned if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points), style, label=label)
     for r in rows:
         if r["budget"] >= 1.0 and r.get("metric_before") is not None:
-            ax.plot(r[kind] * scale, r["metric_before"], "k*", markersize=12, label="unpruned")
+            ax.plot(r[column] * scale, r["metric_before"], "k*", markersize=12, label="unpruned")
     ax.set_xlabel(label_x)
     ax.set_ylabel(monitor)
     ax.set_title(title)

@@ -63,6 +63,7 @@ class RunDirectory:
     BUDGETS = "budgets.json"
     STRUCTURE = "structure.txt"  # every conv and linear layer: prunable, or why not
     LAYERS = "layers.json"  # the same, as JSON
+    LATENCY_TABLE = "latency_table.json"  # per-layer latency of a run on latency budgets, reused on resume
     PRUNED = "pruned.ckpt"
     LAST = "last.ckpt"
 

@@ -102,10 +102,11 @@ def test_console_announces_each_budget_once_and_repeats_no_lightning_lines(finis
 def test_results_table_fits_100_columns_and_names_the_latency_setup(finished_run):
     table = next(m for m in finished_run.log if m.startswith("\nLeGR results")).strip().splitlines()
     assert max(len(line) for line in table) <= 100, "\n".join(table)
-    assert "val_loss after pruning" in table[1] and "1 thread, median\u00b1IQR of 5 rounds" in table[2]
-    assert table[3] == f"checkpoints in {finished_run.dirpath}"
-    header, rule, base, *budgets = table[4:]
-    for column in ("budget", "MFLOPs", "FLOPs", "kparams", "pruned", "tuned", "ms @1", "ms @64", "checkpoint"):
+    assert table[1].startswith("budget: share of the FLOPs kept")
+    assert "val_loss after pruning" in table[2] and "1 thread, median\u00b1IQR of 5 rounds" in table[3]
+    assert table[4] == f"checkpoints in {finished_run.dirpath}"
+    header, rule, base, *budgets = table[5:]
+    for column in ("budget", "MFLOPs", "FLOPs", "kparams", "params", "pruned", "tuned", "ms @1", "ms @64", "checkpoint"):
         assert column in header
     results = finished_run.callback.results
     assert base.split()[:3] == ["1.00", f"{results[0]['flops'] / 1e6:.2f}", "100.0%"]

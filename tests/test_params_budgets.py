@@ -80,15 +80,15 @@ def test_both_kinds_on_the_command_line_is_one_line_and_status_2(tmp_path, capsy
         main(["fit", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}", "--legr.params=[0.5]"])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and "Give `flops` or `params`, not both" in lines[0] and "--legr.flops=null" in lines[0]
+    assert len(lines) == 1 and "Give one kind of budgets, not `flops` and `params`" in lines[0] and "--legr.flops=null" in lines[0]
     assert not (tmp_path / "legr").exists()
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(flops=[0.5], params=[0.5]), "Give `flops` or `params`, not both"),
-        (dict(), r"Give the budgets: `flops=\[0.3, 0.5, 0.7\]` .* or `params=\[0.3, 0.5\]`"),
+        (dict(flops=[0.5], params=[0.5]), "Give one kind of budgets, not `flops` and `params`"),
+        (dict(), r"Give the budgets: `flops=\[0.3, 0.5, 0.7\]` .* `params=\[0.3, 0.5\]` .* or `latency_budgets=\[0.5, 0.7\]`"),
         (dict(params=[0.5, 1.0]), r"`params` lists 1\.0, the unpruned model"),
         (dict(params=[0.5, 2.0]), r"`params` must be in \(0, 1\]"),
         (dict(params=[0.5], search_flops=0.3), "`search_flops` was given with budgets of the parameters.* Use `search_params`"),

@@ -60,3 +60,17 @@ def test_table_without_latency_or_folder():
     assert lines[4].split() == ["1.00", "2.00", "100.0%", "1.0", "100.0%", "0.5000", "-", "-", "-", "base.ckpt"]
     rows[0]["kind"] = "params"
     assert format_table(rows, "val_loss").splitlines()[0].startswith("budget: share of the parameters kept")
+
+
+def test_table_says_how_each_latency_budget_landed():
+    rows = [
+        {"budget": 1.0, "kind": "latency", "flops": 2e6, "latency_ms": 10.0, "latency_iqr_ms": 0.2},
+        {"budget": 0.5, "kind": "latency", "flops": 1e6, "latency_ms": 5.1, "latency_iqr_ms": 0.1,
+         "latency_target_ms": 5.0, "latency_within": True, "latency_spread_limited": False},
+        {"budget": 0.3, "kind": "latency", "flops": 6e5, "latency_ms": 4.0, "latency_iqr_ms": 0.9,
+         "latency_target_ms": 3.0, "latency_within": False, "latency_spread_limited": True},
+    ]
+    lines = format_table(rows, "val_loss").splitlines()
+    assert lines[0].startswith("budget: share of the measured latency kept")
+    assert "latency 0.50: 5.100 ms (IQR 0.100) measured, target 5.000 ms, within 5%" in lines
+    assert "latency 0.30: 4.000 ms (IQR 0.900) measured, target 3.000 ms, NOT within its spread" in lines

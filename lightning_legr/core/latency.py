@@ -29,7 +29,8 @@ from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import ExampleInputs, Structure, batch_of, map_tensors, run_model
 
 __all__ = ["Timing", "BenchmarkTimer", "LatencyTable", "LatencyModel", "LatencyFit", "measure_table",
-           "load_or_measure_table", "measure_key", "latency_cost", "meet_latency"]
+           "load_or_measure_table", "measure_key", "latency_cost", "meet_latency", "latency_floor",
+           "check_latency_budgets"]
 
 FORMAT = "lightning-legr/latency-table"
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0 means one channel
@@ -274,11 +275,13 @@ def latency_cost(
     cache: Optional[PathLike] = None,
     timer: Optional[Timer] = None,
     rounds: int = 5,
+    table: Optional[Dict[str, Any]] = None,
 ) -> LatencyModel:
     """The ``latency`` kind's cost model: the per-layer table of ``structure`` measured (or loaded from
     ``cache``) at ``batch_size`` on ``device`` (default: where the model's parameters are) with ``threads``
     CPU threads, and the unpruned network timed end to end. Options come from
-    ``LeGRPruner(cost_options={"latency": {...}})``.
+    ``LeGRPruner(cost_options={"latency": {...}})``. ``table``: a table measured elsewhere (its
+    ``to_dict()``, e.g. rank 0's in a distributed run), used as it is.
 
     Example::
 
@@ -300,7 +303,10 @@ def latency_cost(
     inputs = map_tensors(batch_of(structure.example_inputs, batch_size), lambda t: t.detach().to(device))
     describe = getattr(timer, "describe", lambda: {"timer": type(timer).__name__})()
     setting = {"batch_size": batch_size, "device": device, **describe}
-    table = load_or_measure_table(cache, structure, inputs, timer, device, setting)
+    if table is not None:
+        table = LatencyTable(table["key"], table["layers"], table["network"])
+    else:
+        table = load_or_measure_table(cache, structure, inputs, timer, device, setting)
     model = LatencyModel(structure, table, table.network["median_ms"])
     model.setting = setting
     model.unpruned = Timing(table.network["median_ms"], table.network["iqr_ms"], table.network["rounds"])
@@ -366,14 +372,7 @@ def meet_latency(pruner: Any, budget: float, transform: Any = None, tolerance: f
         return max(tolerance * target, t.iqr_ms)
 
     floor_selection, floor = measure(lowest)
-    if floor.median_ms - band(floor) > target:
-        where = _describe_setting(model.setting)
-        raise ConfigurationError(
-            f"A latency budget of {budget:g} ({target:.3f} ms {where}) cannot be reached: the network pruned as far"
-            f" as the safeguard allows runs in {floor.median_ms:.3f} ms (IQR {floor.iqr_ms:.3f}), {floor.median_ms / unpruned:.3f}"
-            f" of the unpruned {unpruned:.3f} ms: per-layer overhead that removing channels cannot remove. Raise the"
-            f" budget to {floor.median_ms / unpruned:.3f} or more, or lower `safeguard`."
-        )
+    _check_floor(model, budget, floor, tolerance)
     lo, hi, table_budget = lowest, 1.0, max(budget, lowest)
     best = (abs(floor.median_ms - target), floor_selection, floor, lowest)
     for _ in range(max_steps):
@@ -396,6 +395,36 @@ def meet_latency(pruner: Any, budget: float, transform: Any = None, tolerance: f
         table_budget=float(table_budget), measurements=len(cache), unpruned_ms=unpruned, setting=dict(model.setting),
     )
     return selection, fit
+
+
+def latency_floor(pruner: Any) -> Timing:
+    """The measured latency of the network pruned as far as the safeguard allows (the same channels go
+    whatever the ranking): no latency budget can go below it."""
+    lowest = pruner.select(latency=pruner.min_budget("latency"))
+    return pruner.cost_model("latency").measure(pruner.apply(lowest))
+
+
+def check_latency_budgets(pruner: Any, budgets: Sequence[float], tolerance: float = 0.05) -> Timing:
+    """Refuse, with the floor in the message, latency budgets below the measured floor (one measurement);
+    the floor's timing."""
+    from lightning_legr.core.selection import check_budget
+
+    model, floor = pruner.cost_model("latency"), latency_floor(pruner)
+    for budget in budgets:
+        _check_floor(model, check_budget(budget, "latency"), floor, tolerance)
+    return floor
+
+
+def _check_floor(model: LatencyModel, budget: float, floor: Timing, tolerance: float) -> None:
+    unpruned = model.unpruned.median_ms
+    target = budget * unpruned
+    if floor.median_ms - max(tolerance * target, floor.iqr_ms) > target:
+        raise ConfigurationError(
+            f"A latency budget of {budget:g} ({target:.3f} ms {_describe_setting(model.setting)}) cannot be reached: the"
+            f" network pruned as far as the safeguard allows runs in {floor.median_ms:.3f} ms (IQR {floor.iqr_ms:.3f}),"
+            f" {floor.median_ms / unpruned:.3f} of the unpruned {unpruned:.3f} ms: per-layer overhead that removing"
+            f" channels cannot remove. Raise the budget to {floor.median_ms / unpruned:.3f} or more, or lower `safeguard`."
+        )
 
 
 def _describe_setting(setting: Dict[str, Any]) -> str:

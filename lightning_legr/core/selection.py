@@ -21,7 +21,7 @@ def _sum_columns(incidence: np.ndarray, column_unit: np.ndarray, units: int) -> 
     return summed[:units].T.copy()
 
 
-_WHAT = {"flops": "FLOPs", "params": "parameters", "latency": "latency"}
+_WHAT = {"flops": "FLOPs", "params": "parameters", "latency": "latency", "latency_budgets": "latency"}
 
 
 def _what(name: str) -> str:
