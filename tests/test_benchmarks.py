@@ -101,3 +101,15 @@ def test_ddp_search_smoke(tmp_path, capsys):
     assert len(rows) == 2 and rows[0].split("|")[4].strip() == "1.00x"
     timings = [json.loads((tmp_path / "ranks2" / f"timing{r}.json").read_text()) for r in range(2)]
     assert [t["rank"] for t in timings] == [0, 1] and all(t["generations"] == 6 for t in timings)
+
+
+def test_latency_budgets_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    args = ["--smoke", "--data", str(tmp_path / "none.tar.xz"), "--targets", "0.7", "--out", str(tmp_path)]
+    assert load("latency_budgets").main(args) == 0
+    out = capsys.readouterr().out
+    assert "ResNet-14 (generated random images" in out and "latency 0.70: target" in out
+    assert "FLOP budget of equal measured latency" in out and "target 0.70: latency budget" in out
+    record = json.loads((tmp_path / "latency_budgets_resnet14.json").read_text())
+    assert [r["name"].split()[0] for r in record["rows"]] == ["unpruned", "latency", "flops"]
+    assert (tmp_path / "latency_table_resnet14.json").exists()
