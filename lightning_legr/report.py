@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils import benchmark
 
 from lightning_legr.core._io import atomic_path, write_json
-from lightning_legr.core.structure import ExampleInputs, map_tensors, run_model
+from lightning_legr.core.structure import ExampleInputs, batch_of, map_tensors, run_model
 
 __all__ = ["Latency", "measure_latency", "measure_latencies", "batch_of", "format_table", "write_results", "plot_metric",
            "plot_widths"]
@@ -34,18 +34,6 @@ _SCALE = {"flops": 1e-6, "params": 1e-3}
 LATENCY_BATCHES = (1, 64)
 
 
-def batch_of(example_inputs: ExampleInputs, batch_size: int) -> ExampleInputs:
-    """The example input repeated along the batch dimension to ``batch_size`` samples."""
-
-    def grow(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0:
-            return x
-        reps = -(-batch_size // x.shape[0])
-        return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
-
-    return map_tensors(example_inputs, grow)
-
-
 @dataclass
 class Latency:
     """Wall time of one forward pass: the median over rounds of each round's median, and the
@@ -64,7 +52,7 @@ class Latency:
 
 
 def measure_latencies(
-    models: Mapping[str, nn.Module],
+    models: Mapping[Any, Any],
     example_inputs: ExampleInputs,
     batch_sizes: Sequence[int] = LATENCY_BATCHES,
     threads: int = 1,
@@ -75,7 +63,8 @@ def measure_latencies(
     """CPU latency of several networks, measured side by side.
 
     Each network runs on a copy in eval mode, contiguous memory and inference mode, with ``threads``
-    threads, timed by :mod:`torch.utils.benchmark` (warm-up, then ``blocked_autorange``). The networks
+    threads (a network that is not a module, such as an
+    :class:`~lightning_legr.core.export.OnnxRunner`, is called as it is, with its own threads), timed by :mod:`torch.utils.benchmark` (warm-up, then ``blocked_autorange``). The networks
     are first run for ``warmup`` seconds each, unmeasured, then interleaved in ``rounds`` (in alternating
     order), so that a busy spell of the machine slows all
     of them rather than one: compare them by their medians, against their IQRs.
@@ -92,7 +81,7 @@ def measure_latencies(
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"`threads` must be a positive integer, got {threads!r}")
-    prepared = {name: copy.deepcopy(m).cpu().eval().to(memory_format=torch.contiguous_format) for name, m in models.items()}
+    prepared = {name: _prepared(m) for name, m in models.items()}
     example = map_tensors(example_inputs, lambda t: t.detach().cpu().contiguous())
     inputs = {b: batch_of(example, b) for b in batch_sizes}
     samples: Dict[tuple, List[float]] = {(n, b): [] for n in prepared for b in batch_sizes}
@@ -118,6 +107,14 @@ def measure_latencies(
     return result
 
 
+def _prepared(model: Any) -> Any:
+    """A network ready to time: a module as a copy in eval mode on the CPU; any other callable (e.g. an
+    :class:`~lightning_legr.core.export.OnnxRunner`) as it is."""
+    if not isinstance(model, nn.Module):
+        return model
+    return copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+
+
 def measure_latency(
     model: nn.Module, example_inputs: ExampleInputs, batch_size: int = 1, threads: int = 1, rounds: int = 5
 ) -> Latency:
@@ -125,14 +122,15 @@ def measure_latency(
     return measure_latencies({"model": model}, example_inputs, [batch_size], threads, rounds)["model"][batch_size]
 
 
-def latency_columns(latencies: Mapping[int, Latency]) -> Dict[str, Any]:
-    """The results-row entries of one network's latencies."""
+def latency_columns(latencies: Mapping[int, Latency], prefix: str = "latency") -> Dict[str, Any]:
+    """The results-row entries of one network's latencies (``prefix="onnx"``: of its ONNX model)."""
     row: Dict[str, Any] = {}
     for b, lat in latencies.items():
-        row[f"latency_b{b}_ms"] = lat.median_ms
-        row[f"latency_b{b}_iqr_ms"] = lat.iqr_ms
-        row["latency_threads"] = lat.threads
-        row["latency_rounds"] = lat.rounds
+        row[f"{prefix}_b{b}_ms"] = lat.median_ms
+        row[f"{prefix}_b{b}_iqr_ms"] = lat.iqr_ms
+        if prefix == "latency":
+            row["latency_threads"] = lat.threads
+            row["latency_rounds"] = lat.rounds
     return row
 
 

@@ -12,7 +12,9 @@ from torch import nn
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.graph import ChannelPad, ExtendedGraph, default_pruners
 
-__all__ = ["GroupMember", "ChannelGroup", "Structure", "ExampleInputs", "run_model", "map_tensors", "check_layer_list"]
+__all__ = [
+    "GroupMember", "ChannelGroup", "Structure", "ExampleInputs", "run_model", "map_tensors", "batch_of", "check_layer_list",
+]
 
 ExampleInputs = Union[torch.Tensor, Sequence[torch.Tensor], Dict[str, Any]]
 FLOP_LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -88,6 +90,18 @@ def map_tensors(example_inputs: ExampleInputs, fn: Callable[[torch.Tensor], torc
     if isinstance(example_inputs, (tuple, list)):
         return type(example_inputs)(map_tensors(v, fn) for v in example_inputs)
     return example_inputs
+
+
+def batch_of(example_inputs: ExampleInputs, batch_size: int) -> ExampleInputs:
+    """The example input repeated along the batch dimension to ``batch_size`` samples."""
+
+    def grow(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0:
+            return x
+        reps = -(-batch_size // x.shape[0])
+        return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
+
+    return map_tensors(example_inputs, grow)
 
 
 class Structure:
