@@ -134,10 +134,17 @@ def latency_columns(latencies: Mapping[int, Latency], prefix: str = "latency") -
     return row
 
 
-def _cell(row: Dict[str, Any], key: str, fmt: Optional[str]) -> str:
+def _ms(value: float) -> str:
+    return f"{value:.{2 if value < 100 else 1}f}"
+
+
+def _cell(row: Dict[str, Any], key: str, fmt: Optional[str], onnx: bool = False) -> str:
     value = row.get(key)
     if value is None:
         return "-"
+    if fmt is None and onnx:  # PyTorch's median and onnxruntime's, side by side (the IQRs are in the files)
+        other = row.get(key.replace("latency_", "onnx_"))
+        return _ms(value) + "/" + ("-" if other is None else _ms(other))
     if fmt is None:  # a latency: median and interquartile range
         spread = row.get(key.replace("_ms", "_iqr_ms"))
         digits = 2 if value < 100 else 1
@@ -153,7 +160,8 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
     ``where``: the folder the checkpoint paths are relative to.
     """
     headers = [h for _, h, _ in COLUMNS]
-    cells = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
+    onnx = any(r.get("onnx_b1_ms") is not None or r.get("onnx_b64_ms") is not None for r in rows)
+    cells = [[_cell(r, k, f, onnx) for k, _, f in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda items: "  ".join(s.rjust(w) if i < len(items) - 1 else s for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
     kind = next((r["kind"] for r in rows if r.get("kind")), "flops")
@@ -167,7 +175,13 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
         threads = timed["latency_threads"]
         notes.append(
             f"ms @1 / @64: CPU latency at batch 1 / 64, {threads} thread{'s' if threads > 1 else ''},"
-            f" median\u00b1IQR of {timed['latency_rounds']} rounds"
+            + (" PyTorch/onnxruntime medians" if onnx else " median\u00b1IQR") + f" of {timed['latency_rounds']} rounds"
+        )
+    diffs = [r["onnx_max_abs_diff"] for r in rows if r.get("onnx_max_abs_diff") is not None]
+    if diffs:
+        notes.append(
+            f"ONNX: base.onnx, <budget>/model.onnx, within {max(diffs):.1e} of PyTorch"
+            + ("; latency IQRs in results.csv" if onnx else "")
         )
     if where:
         notes.append(f"checkpoints in {where}")

@@ -120,3 +120,90 @@ def test_without_the_extra_the_message_says_what_to_install(monkeypatch, missing
     with pytest.raises(ConfigurationError, match=r"export_onnx=True.*pip install \"lightning-legr\[onnx\]\""):
         LeGRCallback(flops=[0.5], export_onnx=True)
     LeGRCallback(flops=[0.5])  # without export nothing is asked for
+
+
+# ---------------------------------------------------------------------- the callback and the command line
+@pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory):
+    """One budget, fine-tuned, exported and timed; then the same command again (a resumed run)."""
+    from lightning_legr import LeGRCallback
+    from tests.lightning_helpers import SMALL_SEARCH, tiny_data, trainer
+
+    root = tmp_path_factory.mktemp("onnx")
+    settings = dict(SMALL_SEARCH, flops=[0.5], latency=True, export_onnx=True, dirpath=str(root / "legr"))
+    first = LeGRCallback(**settings)
+    trainer(root, [first]).fit(tiny_module(), datamodule=tiny_data())
+    stamps = {p: os.path.getmtime(p) for p in (root / "legr").rglob("*.onnx")}
+    again = LeGRCallback(**settings)
+    trainer(root, [again]).fit(tiny_module(), datamodule=tiny_data())
+    return first, again, root / "legr", stamps
+
+
+@onnx_extra
+def test_the_callback_exports_every_network_and_reports_it(onnx_run):
+    from lightning_legr.report import format_table
+
+    first, _, dirpath, _ = onnx_run
+    base, half = first.results
+    assert base["onnx"] == str(dirpath / "base.onnx") and half["onnx"] == str(dirpath / "flops_0.50" / "model.onnx")
+    for row in first.results:
+        assert 0 <= row["onnx_max_abs_diff"] <= 1e-4
+        for b in (1, 64):
+            assert row[f"onnx_b{b}_ms"] > 0 and row[f"onnx_b{b}_iqr_ms"] >= 0
+    files = json.loads((dirpath / "results.json").read_text())["results"]
+    assert [r["onnx"] for r in files] == ["base.onnx", "flops_0.50/model.onnx"]  # relative in the run's files
+    assert json.loads((dirpath / "budgets.json").read_text())["rows"][0]["onnx"] == "flops_0.50/model.onnx"
+    header = (dirpath / "results.csv").read_text().splitlines()[0].split(",")
+    assert {"onnx", "onnx_max_abs_diff", "onnx_b1_ms", "onnx_b1_iqr_ms", "onnx_b64_ms", "onnx_b64_iqr_ms"} <= set(header)
+
+    table = format_table(first.run.portable(first.results), first.monitor, first.run.path).splitlines()
+    assert max(len(line) for line in table) <= 100, "\n".join(table)
+    assert table[2] == "ms @1 / @64: CPU latency at batch 1 / 64, 1 thread, PyTorch/onnxruntime medians of 5 rounds"
+    assert table[3].startswith("ONNX: base.onnx, <budget>/model.onnx, within ") and table[3].endswith(
+        " of PyTorch; latency IQRs in results.csv"
+    )
+    cell = f"{half['latency_b1_ms']:.2f}/{half['onnx_b1_ms']:.2f}"
+    assert cell in table[-1].split()
+
+
+@onnx_extra
+def test_a_resumed_run_does_not_export_again(onnx_run):
+    first, again, dirpath, stamps = onnx_run
+    assert len(stamps) == 2 and all(os.path.getmtime(p) == t for p, t in stamps.items())
+    assert [r["onnx"] for r in again.results] == [r["onnx"] for r in first.results]
+    assert [r["onnx_max_abs_diff"] for r in again.results] == [r["onnx_max_abs_diff"] for r in first.results]
+
+
+@onnx_extra
+def test_an_unexportable_module_is_refused_before_training(tmp_path):
+    from lightning_legr import LeGRCallback
+    from tests.lightning_helpers import SMALL_SEARCH, CountingClassifier, tiny_data, trainer
+
+    class Unexportable(CountingClassifier):
+        def forward(self, x):
+            out = super().forward(x)
+            return out if out.mean() > 0 else -out
+
+    CountingClassifier.steps = 0
+    callback = LeGRCallback(flops=[0.5], export_onnx=True, dirpath=str(tmp_path / "legr"), **SMALL_SEARCH)
+    with pytest.raises(ConfigurationError, match=r"export_onnx=True\): ONNX export failed in the forward of Unexportable"):
+        trainer(tmp_path, [callback]).fit(tiny_module(Unexportable), datamodule=tiny_data())
+    assert CountingClassifier.steps == 0
+
+
+@onnx_extra
+def test_prune_subcommand_exports(tmp_path):
+    from lightning_legr import LeGRPruner
+    from lightning_legr.cli import DEMO_CONFIG, main
+    from tests.test_cli import FAST
+
+    module = tiny_module()
+    transform = tmp_path / "identity.json"
+    LeGRPruner(module, module.example_input_array).identity().save(transform)
+    main(["prune", "--config", DEMO_CONFIG, *FAST, f"--trainer.default_root_dir={tmp_path}",
+          f"--legr.transform={transform}", f"--legr.dirpath={tmp_path / 'run'}", "--legr.flops=[0.5]",
+          "--legr.export_onnx=true"])
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["results"]
+    assert [r["onnx"] for r in rows] == ["base.onnx", "flops_0.50/model.onnx"]
+    assert all(r["onnx_max_abs_diff"] <= 1e-4 for r in rows) and "onnx_b1_ms" not in rows[0]  # --legr.latency=false
+    assert (tmp_path / "run" / "flops_0.50" / "model.onnx").stat().st_size > 0
