@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 import lightning.pytorch as pl
@@ -19,6 +20,7 @@ from typing_extensions import override
 from lightning_legr import _compat
 from lightning_legr._random import CANDIDATE, CHECKS, FINETUNE, derive_seed, seeded
 from lightning_legr.checkpoint import load_checkpoint, save_module_checkpoint
+from lightning_legr.core import export as onnx
 from lightning_legr.core._io import read_json, write_json, write_text
 from lightning_legr.core.criteria import get_criterion
 from lightning_legr.core.errors import ConfigurationError
@@ -112,6 +114,9 @@ class LeGRCallback(Callback):
         customized_pruners: torch-pruning pruners for your custom layers, ``{LayerClass: pruner}``.
         latency: measure CPU latency at batch 1 and 64 for the results table.
         latency_threads: CPU threads for the latency measurement (one by default: the steadiest).
+        export_onnx: export every network to ONNX, ``dirpath/base.onnx`` and ``dirpath/flops_<budget>/model.onnx``,
+            each checked against the PyTorch outputs on a batch (at most 1e-4 apart), and time it with
+            onnxruntime beside PyTorch (``latency=True``). Needs the extra: ``pip install "lightning-legr[onnx]"``.
 
     Raises:
         ConfigurationError: (a ``ValueError``) at construction, for invalid settings; when fit starts
@@ -122,7 +127,8 @@ class LeGRCallback(Callback):
     Attributes:
         results: after ``fit``, one dict per network (the unpruned one first, then every budget from the
             largest): ``budget``, ``flops``, ``flops_ratio``, ``params``, ``metric_before`` (pruned),
-            ``metric_after`` (fine-tuned), latencies, and ``checkpoint`` (an absolute path).
+            ``metric_after`` (fine-tuned), latencies, and ``checkpoint`` (an absolute path); with ``export_onnx``
+            also ``onnx`` (an absolute path), ``onnx_max_abs_diff`` and the onnxruntime latencies.
         transform: the learned :class:`~lightning_legr.Transform`.
 
     Example::
@@ -167,6 +173,7 @@ class LeGRCallback(Callback):
         search_params: Optional[Union[float, List[float]]] = None,
         latency_budgets: Optional[List[float]] = None,
         latency_batch_size: int = 1,
+        export_onnx: bool = False,
     ) -> None:
         super().__init__()
         self.kind, budgets, search = _budget_kind(flops, params, latency_budgets, search_flops, search_params)
@@ -199,6 +206,10 @@ class LeGRCallback(Callback):
         _check_int("latency_threads", latency_threads, 1)
         _check_int("latency_batch_size", latency_batch_size, 1)
         self.latency_batch_size = latency_batch_size
+        if not isinstance(export_onnx, bool):
+            raise ConfigurationError(f"`export_onnx` must be True or False, got {export_onnx!r}")
+        if export_onnx:
+            onnx.require_onnx("LeGRCallback(export_onnx=True)")  # now, not after the search and fine-tuning
         if customized_pruners is not None and not isinstance(customized_pruners, dict):
             raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
         self.run = None if dirpath is None else RunDirectory(dirpath, self.kind)  # refuses a dirpath that is not a path
@@ -214,7 +225,7 @@ class LeGRCallback(Callback):
         self.finetune_epochs, self.monitor, self.mode = finetune_epochs, monitor, mode
         self.ignored_layers = list(ignored_layers or [])
         self.customized_pruners = dict(customized_pruners or {})
-        self.latency, self.latency_threads = latency, latency_threads
+        self.latency, self.latency_threads, self.export_onnx = latency, latency_threads, export_onnx
         self.transform: Optional[Transform] = None
         self.results: List[Dict[str, Any]] = []
         self.pretrained_weights: Optional[str] = None  # a digest of the weights `prune` started from
@@ -346,6 +357,8 @@ class LeGRCallback(Callback):
             metrics = Evaluator(trainer, data, self.monitor).metrics(copy.deepcopy(pl_module), batches=1)
         if self.monitor not in metrics:
             raise ConfigurationError(missing_metric_message(self.monitor, metrics))
+        if self.export_onnx:
+            ranks.from_zero(lambda: self._check_exportable(pl_module))
         if ranks.zero:
             self.run.remove_stale_temporaries()
         if resumed:
@@ -410,6 +423,8 @@ class LeGRCallback(Callback):
         self.results = [ranks.broadcast(
             self._measure(1.0, pl_module, base_metric, None, run.file(RunDirectory.BASE), unpruned)
         )]
+        if self.export_onnx:
+            self._export(self.results[0], pl_module, ranks)
         done = ranks.from_zero(run.finished)
         budgets = sorted(self.budgets, reverse=True)
         for i, budget in enumerate(budgets, 1):
@@ -425,6 +440,8 @@ class LeGRCallback(Callback):
                     f" {run.relative(row['checkpoint'])}"
                 )
             self.results.append(row)
+            if self.export_onnx:
+                self._export(row, pl_module, ranks)
             if ranks.zero:
                 self._write_report(pruner)
         if self.latency:
@@ -592,18 +609,56 @@ class LeGRCallback(Callback):
     def _measure_latency(self, pl_module: pl.LightningModule) -> List[Dict[str, Any]]:
         """Every network of the run timed side by side (rebuilt from its checkpoint: the table's own files);
         the latency columns of every row."""
-        networks = {}
-        for row in self.results:
-            if row["budget"] == 1.0:
-                networks[1.0] = pl_module
-            else:
-                state = load_checkpoint(row["checkpoint"])["state_dict"]
-                networks[row["budget"]] = restore(
-                    copy.deepcopy(pl_module), state_dict=state, customized_pruners=self.customized_pruners or None
-                )
+        networks: Dict[Any, Any] = {row["budget"]: self._network(row, pl_module) for row in self.results}
+        exported = [row["budget"] for row in self.results if self.export_onnx and row.get("onnx")]
+        networks.update({(budget, "onnx"): self._onnx_runner(budget) for budget in exported})  # interleaved with them
         rank_zero_info(f"LeGR: measuring the CPU latency of {len(networks)} networks side by side")
         times = measure_latencies(networks, self._example, LATENCY_BATCHES, threads=self.latency_threads)
-        return [latency_columns(times[row["budget"]]) for row in self.results]
+        return [
+            {**latency_columns(times[b]), **(latency_columns(times[(b, "onnx")], "onnx") if b in exported else {})}
+            for b in (row["budget"] for row in self.results)
+        ]
+
+    def _network(self, row: Dict[str, Any], pl_module: pl.LightningModule) -> pl.LightningModule:
+        """The network of a results row, rebuilt from its checkpoint (the table's own files)."""
+        if row["budget"] == 1.0:
+            return pl_module
+        state = load_checkpoint(row["checkpoint"])["state_dict"]
+        return restore(copy.deepcopy(pl_module), state_dict=state, customized_pruners=self.customized_pruners or None)
+
+    def _onnx_runner(self, budget: float) -> "onnx.OnnxRunner":
+        row = next(r for r in self.results if r["budget"] == budget)
+        return onnx.OnnxRunner(row["onnx"], threads=self.latency_threads)
+
+    # ------------------------------------------------------------------ ONNX
+    def _check_exportable(self, pl_module: pl.LightningModule) -> None:
+        """Export the unpruned model once, to nowhere: a model that cannot be exported is refused before
+        any training (its pruned copies run the same code)."""
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                onnx.export_onnx(pl_module, self._example, os.path.join(folder, RunDirectory.ONNX))
+            except onnx.ExportError as err:
+                raise onnx.ExportError(f"LeGRCallback(export_onnx=True): {err} Or set export_onnx=False.") from None
+
+    def _export(self, row: Dict[str, Any], pl_module: pl.LightningModule, ranks: Ranks) -> None:
+        """Add a row's ONNX file (rank 0 exports it) and its difference from PyTorch; keep them in budgets.json."""
+        row.update(ranks.from_zero(lambda: self._export_one(row, pl_module)))
+        if ranks.zero and row["budget"] != 1.0:
+            self.run.save_finished(row)
+
+    def _export_one(self, row: Dict[str, Any], pl_module: pl.LightningModule) -> Dict[str, Any]:
+        run, budget = self.run, row["budget"]
+        path = run.file(RunDirectory.BASE_ONNX) if budget == 1.0 else os.path.join(run.budget_dir(budget), RunDirectory.ONNX)
+        network, report = self._network(row, pl_module), None
+        if os.path.exists(path):  # an earlier run's: checked, not exported again
+            try:
+                report = onnx.check_onnx(network, self._example, path)
+            except onnx.ExportError:  # not this network's (cut off between a checkpoint and its export)
+                report = None
+        if report is None:
+            rank_zero_info(f"LeGR: exporting {'the unpruned model' if budget == 1.0 else f'{budget:.0%}'} to {run.relative(path)}")
+            report = onnx.export_onnx(network, self._example, path)
+        return {"onnx": os.path.abspath(path), "onnx_max_abs_diff": report.max_abs_diff}
 
     def _write_report(self, pruner: LeGRPruner) -> None:
         run = self.run

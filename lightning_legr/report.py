@@ -52,7 +52,7 @@ class Latency:
 
 
 def measure_latencies(
-    models: Mapping[str, nn.Module],
+    models: Mapping[Any, Any],
     example_inputs: ExampleInputs,
     batch_sizes: Sequence[int] = LATENCY_BATCHES,
     threads: int = 1,
@@ -63,7 +63,8 @@ def measure_latencies(
     """CPU latency of several networks, measured side by side.
 
     Each network runs on a copy in eval mode, contiguous memory and inference mode, with ``threads``
-    threads, timed by :mod:`torch.utils.benchmark` (warm-up, then ``blocked_autorange``). The networks
+    threads (a network that is not a module, such as an
+    :class:`~lightning_legr.core.export.OnnxRunner`, is called as it is, with its own threads), timed by :mod:`torch.utils.benchmark` (warm-up, then ``blocked_autorange``). The networks
     are first run for ``warmup`` seconds each, unmeasured, then interleaved in ``rounds`` (in alternating
     order), so that a busy spell of the machine slows all
     of them rather than one: compare them by their medians, against their IQRs.
@@ -80,7 +81,7 @@ def measure_latencies(
     """
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"`threads` must be a positive integer, got {threads!r}")
-    prepared = {name: copy.deepcopy(m).cpu().eval().to(memory_format=torch.contiguous_format) for name, m in models.items()}
+    prepared = {name: _prepared(m) for name, m in models.items()}
     example = map_tensors(example_inputs, lambda t: t.detach().cpu().contiguous())
     inputs = {b: batch_of(example, b) for b in batch_sizes}
     samples: Dict[tuple, List[float]] = {(n, b): [] for n in prepared for b in batch_sizes}
@@ -106,6 +107,14 @@ def measure_latencies(
     return result
 
 
+def _prepared(model: Any) -> Any:
+    """A network ready to time: a module as a copy in eval mode on the CPU; any other callable (e.g. an
+    :class:`~lightning_legr.core.export.OnnxRunner`) as it is."""
+    if not isinstance(model, nn.Module):
+        return model
+    return copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+
+
 def measure_latency(
     model: nn.Module, example_inputs: ExampleInputs, batch_size: int = 1, threads: int = 1, rounds: int = 5
 ) -> Latency:
@@ -113,21 +122,29 @@ def measure_latency(
     return measure_latencies({"model": model}, example_inputs, [batch_size], threads, rounds)["model"][batch_size]
 
 
-def latency_columns(latencies: Mapping[int, Latency]) -> Dict[str, Any]:
-    """The results-row entries of one network's latencies."""
+def latency_columns(latencies: Mapping[int, Latency], prefix: str = "latency") -> Dict[str, Any]:
+    """The results-row entries of one network's latencies (``prefix="onnx"``: of its ONNX model)."""
     row: Dict[str, Any] = {}
     for b, lat in latencies.items():
-        row[f"latency_b{b}_ms"] = lat.median_ms
-        row[f"latency_b{b}_iqr_ms"] = lat.iqr_ms
-        row["latency_threads"] = lat.threads
-        row["latency_rounds"] = lat.rounds
+        row[f"{prefix}_b{b}_ms"] = lat.median_ms
+        row[f"{prefix}_b{b}_iqr_ms"] = lat.iqr_ms
+        if prefix == "latency":
+            row["latency_threads"] = lat.threads
+            row["latency_rounds"] = lat.rounds
     return row
 
 
-def _cell(row: Dict[str, Any], key: str, fmt: Optional[str]) -> str:
+def _ms(value: float) -> str:
+    return f"{value:.{2 if value < 100 else 1}f}"
+
+
+def _cell(row: Dict[str, Any], key: str, fmt: Optional[str], onnx: bool = False) -> str:
     value = row.get(key)
     if value is None:
         return "-"
+    if fmt is None and onnx:  # PyTorch's median and onnxruntime's, side by side (the IQRs are in the files)
+        other = row.get(key.replace("latency_", "onnx_"))
+        return _ms(value) + "/" + ("-" if other is None else _ms(other))
     if fmt is None:  # a latency: median and interquartile range
         spread = row.get(key.replace("_ms", "_iqr_ms"))
         digits = 2 if value < 100 else 1
@@ -143,7 +160,8 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
     ``where``: the folder the checkpoint paths are relative to.
     """
     headers = [h for _, h, _ in COLUMNS]
-    cells = [[_cell(r, k, f) for k, _, f in COLUMNS] for r in rows]
+    onnx = any(r.get("onnx_b1_ms") is not None or r.get("onnx_b64_ms") is not None for r in rows)
+    cells = [[_cell(r, k, f, onnx) for k, _, f in COLUMNS] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda items: "  ".join(s.rjust(w) if i < len(items) - 1 else s for i, (s, w) in enumerate(zip(items, widths)))  # noqa: E731
     kind = next((r["kind"] for r in rows if r.get("kind")), "flops")
@@ -164,7 +182,13 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
         threads = timed["latency_threads"]
         notes.append(
             f"ms @1 / @64: CPU latency at batch 1 / 64, {threads} thread{'s' if threads > 1 else ''},"
-            f" median\u00b1IQR of {timed['latency_rounds']} rounds"
+            + (" PyTorch/onnxruntime medians" if onnx else " median\u00b1IQR") + f" of {timed['latency_rounds']} rounds"
+        )
+    diffs = [r["onnx_max_abs_diff"] for r in rows if r.get("onnx_max_abs_diff") is not None]
+    if diffs:
+        notes.append(
+            f"ONNX: base.onnx, <budget>/model.onnx, within {max(diffs):.1e} of PyTorch"
+            + ("; latency IQRs in results.csv" if onnx else "")
         )
     if where:
         notes.append(f"checkpoints in {where}")

@@ -66,6 +66,9 @@ class RunDirectory:
     LATENCY_TABLE = "latency_table.json"  # per-layer latency of a run on latency budgets, reused on resume
     PRUNED = "pruned.ckpt"
     LAST = "last.ckpt"
+    ONNX = "model.onnx"  # a budget's network exported to ONNX (export_onnx=True)
+    BASE_ONNX = "base.onnx"
+    PATHS = ("checkpoint", "onnx")  # the keys of a results row that hold paths
 
     def __init__(self, path: PathLike, kind: str = "flops") -> None:
         if not isinstance(path, (str, os.PathLike)):
@@ -131,9 +134,9 @@ class RunDirectory:
         rows = read_json(self.file(self.BUDGETS)).get("rows", [])
         done = {}
         for row in rows:
-            path = self.absolute(row["checkpoint"])
-            if os.path.exists(path):
-                done[row["budget"]] = dict(row, checkpoint=path)
+            row = {k: self.absolute(v) if k in self.PATHS and v else v for k, v in row.items()}
+            if os.path.exists(row["checkpoint"]):
+                done[row["budget"]] = row
         return done
 
     def save_finished(self, row: Dict[str, Any]) -> None:
@@ -141,12 +144,15 @@ class RunDirectory:
         rows = []
         if self.exists(self.BUDGETS):
             rows = [r for r in read_json(self.file(self.BUDGETS)).get("rows", []) if r["budget"] != row["budget"]]
-        rows.append(dict(row, checkpoint=self.relative(row["checkpoint"])))
+        rows.append(self._relative_paths(row))
         write_json(self.file(self.BUDGETS), {"rows": sorted(rows, key=lambda r: -r["budget"])})
 
     def portable(self, rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-        """Rows with their checkpoint paths relative to the run directory, for its own files."""
-        return [dict(r, checkpoint=self.relative(r["checkpoint"])) if r.get("checkpoint") else dict(r) for r in rows]
+        """Rows with their paths (checkpoint, ONNX file) relative to the run directory, for its own files."""
+        return [self._relative_paths(r) for r in rows]
+
+    def _relative_paths(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        return {k: self.relative(v) if k in self.PATHS and v else v for k, v in row.items()}
 
     def last_checkpoint(self, budget: float) -> Optional[str]:
         path = os.path.join(self.budget_dir(budget), self.LAST)
