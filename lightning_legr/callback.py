@@ -104,6 +104,11 @@ class LeGRCallback(Callback):
         customized_pruners: torch-pruning pruners for your custom layers, ``{LayerClass: pruner}``.
         latency: measure CPU latency at batch 1 and 64 for the results table.
         latency_threads: CPU threads for the latency measurement (one by default: the steadiest).
+        reuse_fitness: a candidate whose widths at every search budget equal an earlier candidate's is the
+            same pruned network, and gets that fitness without being evaluated (kept in the search state, counted
+            in the logs as ``legr/cache_hits``). Ignored when ``tau > 0``: the training steps make the fitness
+            random. Turn it off if your validation is random otherwise (e.g. a shuffled validation loader
+            with ``fitness_batches``).
 
     Raises:
         ConfigurationError: (a ``ValueError``) at construction, for invalid settings; when fit starts
@@ -155,6 +160,7 @@ class LeGRCallback(Callback):
         customized_pruners: Optional[dict] = None,
         latency: bool = True,
         latency_threads: int = 1,
+        reuse_fitness: bool = True,
     ) -> None:
         super().__init__()
         self.budgets = check_budgets(flops, "flops", unpruned=False)
@@ -184,6 +190,9 @@ class LeGRCallback(Callback):
         if not isinstance(latency, bool):
             raise ConfigurationError(f"`latency` must be True or False, got {latency!r}")
         _check_int("latency_threads", latency_threads, 1)
+        if not isinstance(reuse_fitness, bool):
+            raise ConfigurationError(f"`reuse_fitness` must be True or False, got {reuse_fitness!r}")
+        self.reuse_fitness = reuse_fitness
         if customized_pruners is not None and not isinstance(customized_pruners, dict):
             raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
         self.run = None if dirpath is None else RunDirectory(dirpath)  # refuses a dirpath that is not a path
@@ -405,6 +414,8 @@ class LeGRCallback(Callback):
             # search (or another rank) gives every candidate the batches the uninterrupted one would have
             with seeded(derive_seed(self.seed, CANDIDATE, search.evaluating)):
                 value = score(module)
+            for part, seconds in score.last_split.items():
+                search.add_split(part, seconds)
             return sign * value if math.isfinite(value) else math.inf  # NaN or +-inf: the worst, in either mode
 
         state_file = run.file(RunDirectory.SEARCH_STATE)
@@ -414,6 +425,7 @@ class LeGRCallback(Callback):
             fitness_name=f"`monitor={self.monitor!r}`", workers=RankWorkers(ranks) if ranks.size > 1 else None,
             generations=self.generations, population=self.population, sample_size=self.sample_size,
             mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
+            reuse_fitness=self.reuse_fitness and self.tau == 0,  # tau steps on random batches: a random fitness
         )
         if state is not None and not ranks.zero:  # rank 0 read the file itself; the others take its copy
             search.load_state_dict(state)
@@ -441,6 +453,7 @@ class LeGRCallback(Callback):
             metrics["legr/population_mean"] = sign * gen.mean_fitness
             metrics["legr/non_finite"] = float(gen.non_finite)
             metrics.update({f"legr/width/{n}": float(w) for n, w in zip(names, gen.widths)})
+            metrics.update(_generation_costs(gen, search.cache_hits))
             if ranks.zero:
                 for logger in trainer.loggers:
                     logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=gen.generation)
@@ -451,7 +464,8 @@ class LeGRCallback(Callback):
                     f" ({non_finite} so far)."
                 )
             bar.update(1)
-            bar.set_postfix({f"best {self.monitor}": f"{sign * gen.best_fitness:.4f}"})
+            postfix = {f"best {self.monitor}": f"{sign * gen.best_fitness:.4f}", "s/gen": f"{gen.seconds:.2f}"}
+            bar.set_postfix({**postfix, "cached": search.cache_hits} if search.reuse_fitness else postfix)
 
         with bar, quiet():
             transform = search.run(on_generation)
@@ -539,6 +553,14 @@ class LeGRCallback(Callback):
                     [g.name for g in groups], [g.width for g in groups], kept,
                     run.file(f"widths_{budget_name(budget)}.png"), f"channels kept at {budget:.0%} of the FLOPs",
                 )
+
+
+def _generation_costs(gen: Generation, cache_hits: int) -> Dict[str, float]:
+    """What a generation cost, for the loggers: its seconds, their split where this rank evaluated it, and
+    whether its fitness was reused (``legr/cached``) with the run's count so far (``legr/cache_hits``)."""
+    costs = {"legr/seconds": gen.seconds, "legr/cached": float(gen.cached), "legr/cache_hits": float(cache_hits)}
+    costs.update({f"legr/seconds/{part}": seconds for part, seconds in (gen.split or {}).items()})
+    return costs
 
 
 def _check_int(name: str, value: Any, minimum: int, alternative: str = "") -> None:

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 import warnings
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -148,6 +149,7 @@ class Evaluator:
         self.seed = seed
         self._bn_inputs: Optional[List[torch.Tensor]] = None
         self.root_dir = outer.default_root_dir
+        self.last_split: Dict[str, float] = {}  # seconds of the last call's BatchNorm recalibration and tau steps
 
     def recalibrate(self, module: pl.LightningModule) -> None:
         """Re-estimate the module's BatchNorm statistics on ``bn_batches`` training batches."""
@@ -173,9 +175,12 @@ class Evaluator:
         batches = self.batches if batches is None else batches
         _compat.forget_metric_attributes(module)
         _keep_metrics_local(module)
+        start = time.perf_counter()
         if recalibrate:
             self.recalibrate(module)
+        self.last_split = {"bn": time.perf_counter() - start} if recalibrate and self.bn_batches else {}
         with quiet():
+            start = time.perf_counter()
             if self.tau > 0:
                 if self.tau_lr is not None:
                     params = [p for p in module.parameters() if p.requires_grad]
@@ -184,6 +189,7 @@ class Evaluator:
                 self._trainer(max_steps=self.tau, limit_val_batches=0).fit(
                     module, train_dataloaders=self.data.loader("train")
                 )
+                self.last_split["tau"] = time.perf_counter() - start
             limit = 1.0 if batches is None else batches
             results = self._trainer(limit_val_batches=limit).validate(
                 module, dataloaders=self.data.loader("val"), verbose=False

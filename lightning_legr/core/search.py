@@ -209,11 +209,10 @@ class LeGRSearch:
                 self.cache[keys[i]] = _worst_if_not_finite(fitnesses[i])
         self._check_some_finite()
         seconds = (time.perf_counter() - start) / len(transforms)
-        for i in range(len(transforms)):
-            split = splits.get(i, {} if i in cached else None)
-            if split is not None:
-                split = {"select": select_seconds, **split}
-            self.records.append(_record(first + i, seconds, i in cached, split))
+        for i in range(len(transforms)):  # a candidate another worker evaluated has no split here
+            if i in splits or i in cached:
+                splits[i] = {"select": select_seconds, **splits.get(i, {})}
+            self.records.append(_record(first + i, seconds, i in cached, splits.get(i)))
         if self.state_path:
             write_json(self.state_path, self.state_dict())
         history = self.evolution.history[first:]

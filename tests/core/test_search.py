@@ -321,6 +321,7 @@ def test_records_hold_the_wall_time_and_its_split(pruner, reference, tmp_path):
         assert record["seconds"] == round(gen.seconds, 6) > 0 and record["cached"] is False
         split = record["split"]
         assert sorted(split) == ["bn", "evaluate", "prune", "select"] and split["bn"] == 0.002  # two budgets
+        assert gen.split["bn"] == pytest.approx(0.002) and gen.split["select"] > 0
         assert gen.split["prune"] > 0 and gen.split["evaluate"] >= 0
         assert sum(gen.split.values()) <= gen.seconds
     with pytest.raises(ValueError, match="'prune' is measured by the search itself"):
