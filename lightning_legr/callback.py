@@ -22,6 +22,7 @@ from lightning_legr.core._io import read_json, write_json, write_text
 from lightning_legr.core.criteria import get_criterion
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
+from lightning_legr.core.fastpath import FastPath
 from lightning_legr.core.flops import count_flops, count_params
 from lightning_legr.core.pruner import LeGRPruner
 from lightning_legr.core.search import Generation, LeGRSearch, check_budgets
@@ -104,6 +105,12 @@ class LeGRCallback(Callback):
         customized_pruners: torch-pruning pruners for your custom layers, ``{LayerClass: pruner}``.
         latency: measure CPU latency at batch 1 and 64 for the results table.
         latency_threads: CPU threads for the latency measurement (one by default: the steadiest).
+        memory_format: how candidates (and the pruned models the table scores) are evaluated when ``tau`` is
+            0: ``"auto"`` times one validation batch in both memory formats on the first candidate and keeps
+            ``channels_last`` only if faster with the same outputs; ``"channels_last"`` or ``"contiguous"``.
+            BatchNorms that only follow a convolution are folded into it too (exact in eval mode). Your
+            module is never changed: every evaluation works on a copy. The decision is kept in the search
+            state.
         reuse_fitness: a candidate whose widths at every search budget equal an earlier candidate's is the
             same pruned network, and gets that fitness without being evaluated (kept in the search state, counted
             in the logs as ``legr/cache_hits``). Ignored when ``tau > 0``: the training steps make the fitness
@@ -161,6 +168,7 @@ class LeGRCallback(Callback):
         latency: bool = True,
         latency_threads: int = 1,
         reuse_fitness: bool = True,
+        memory_format: str = "auto",
     ) -> None:
         super().__init__()
         self.budgets = check_budgets(flops, "flops", unpruned=False)
@@ -193,6 +201,7 @@ class LeGRCallback(Callback):
         if not isinstance(reuse_fitness, bool):
             raise ConfigurationError(f"`reuse_fitness` must be True or False, got {reuse_fitness!r}")
         self.reuse_fitness = reuse_fitness
+        self.memory_format = FastPath(memory_format).memory_format  # refuses an unknown format
         if customized_pruners is not None and not isinstance(customized_pruners, dict):
             raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
         self.run = None if dirpath is None else RunDirectory(dirpath)  # refuses a dirpath that is not a path
@@ -365,8 +374,11 @@ class LeGRCallback(Callback):
                 save_module_checkpoint(pl_module, run.file(RunDirectory.BASE))
         data = DataSources(trainer)
         pruner = self._pruner(pl_module)
-        self.transform = self._learn(trainer, pruner, data, ranks)
-        evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed)
+        fast = FastPath(self.memory_format)
+        self.transform = self._learn(trainer, pruner, data, ranks, fast)
+        evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed, fast_path=fast)
+        if fast.decision is None:  # no search ran: decide for the table's evaluations, on rank 0 for everyone
+            fast.load(ranks.from_zero(lambda: evaluator.decide_fast_path(pruner.prune(min(self.budgets)))))
         with quiet():
             base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
         self.results = [ranks.broadcast(self._measure(1.0, pl_module, base_metric, None, run.file(RunDirectory.BASE)))]
@@ -393,7 +405,9 @@ class LeGRCallback(Callback):
                 self._write_report(pruner)
         rank_zero_info("\nLeGR results\n" + format_table(run.portable(self.results), self.monitor, run.path))
 
-    def _learn(self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, ranks: Ranks) -> Transform:
+    def _learn(
+        self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, ranks: Ranks, fast: FastPath
+    ) -> Transform:
         run = self.run
         if self.transform_path is not None:
             return Transform.from_dict(ranks.from_zero(lambda: Transform.load(self.transform_path).to_dict()))
@@ -406,7 +420,8 @@ class LeGRCallback(Callback):
             return transform
         sign = 1.0 if self.mode == "min" else -1.0
         score = Evaluator(
-            trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches, self.seed
+            trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches, self.seed,
+            fast_path=fast if self.tau == 0 else None,
         )
 
         def fitness(module: pl.LightningModule) -> float:
@@ -429,6 +444,13 @@ class LeGRCallback(Callback):
         )
         if state is not None and not ranks.zero:  # rank 0 read the file itself; the others take its copy
             search.load_state_dict(state)
+        if self.tau == 0:  # decided once, on rank 0's first candidate; a resumed search keeps its decision
+            with quiet():
+                decision = search.notes.get("fast_path") or ranks.from_zero(
+                    lambda: score.decide_fast_path(pruner.prune(self.search_budgets[0]))
+                )
+            fast.load(decision)
+            search.notes["fast_path"] = decision
         summary = pruner.structure.summary()
         if ranks.zero:
             write_text(run.file(RunDirectory.STRUCTURE), summary + "\n")

@@ -145,6 +145,7 @@ class LeGRSearch:
         self.cache: Dict[SelectionKey, float] = {}  # fitness by selection, filled only when reuse_fitness
         self.records: List[Dict[str, Any]] = []  # per generation: wall time, split, whether the fitness was reused
         self._split: Dict[str, float] = {}  # the split of the candidate being evaluated
+        self.notes: Dict[str, Any] = {}  # what the fitness decided once for the whole search (strict JSON), kept
         self.pruner = pruner
         self.fitness = fitness
         self.fitness_name = fitness_name
@@ -311,6 +312,7 @@ class LeGRSearch:
                 {"widths": [list(w) for w in key], "fitness": _json_float(value)} for key, value in self.cache.items()
             ],
             "generations": self.records,
+            "notes": self.notes,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -335,6 +337,7 @@ class LeGRSearch:
             for entry in state.get("fitness_cache", [])
         }
         self.records = [dict(r) for r in state.get("generations", [])][: self.evolution.generation]
+        self.notes = dict(state.get("notes", {}))
 
 
 def _selection_key(selections: Sequence[Any]) -> SelectionKey:
