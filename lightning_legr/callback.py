@@ -25,6 +25,7 @@ from lightning_legr.core._io import read_json, write_json, write_text
 from lightning_legr.core.criteria import get_criterion
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution
+from lightning_legr.core.fastpath import FastPath
 from lightning_legr.core.flops import count_flops, count_params
 from lightning_legr.core.latency import check_latency_budgets, latency_cost, meet_latency
 from lightning_legr.core.pruner import LeGRPruner
@@ -117,6 +118,17 @@ class LeGRCallback(Callback):
         export_onnx: export every network to ONNX, ``dirpath/base.onnx`` and ``dirpath/flops_<budget>/model.onnx``,
             each checked against the PyTorch outputs on a batch (at most 1e-4 apart), and time it with
             onnxruntime beside PyTorch (``latency=True``). Needs the extra: ``pip install "lightning-legr[onnx]"``.
+        memory_format: how candidates (and the pruned models the table scores) are evaluated when ``tau`` is
+            0: ``"auto"`` times one validation batch in both memory formats on the first candidate and keeps
+            ``channels_last`` only if faster with the same outputs; ``"channels_last"`` or ``"contiguous"``.
+            BatchNorms that only follow a convolution are folded into it too (exact in eval mode). Your
+            module is never changed: every evaluation works on a copy. The decision is kept in the search
+            state.
+        reuse_fitness: a candidate whose widths at every search budget equal an earlier candidate's is the
+            same pruned network, and gets that fitness without being evaluated (kept in the search state, counted
+            in the logs as ``legr/cache_hits``). Ignored when ``tau > 0``: the training steps make the fitness
+            random. Turn it off if your validation is random otherwise (e.g. a shuffled validation loader
+            with ``fitness_batches``).
 
     Raises:
         ConfigurationError: (a ``ValueError``) at construction, for invalid settings; when fit starts
@@ -174,6 +186,8 @@ class LeGRCallback(Callback):
         latency_budgets: Optional[List[float]] = None,
         latency_batch_size: int = 1,
         export_onnx: bool = False,
+        reuse_fitness: bool = True,
+        memory_format: str = "auto",
     ) -> None:
         super().__init__()
         self.kind, budgets, search = _budget_kind(flops, params, latency_budgets, search_flops, search_params)
@@ -210,6 +224,10 @@ class LeGRCallback(Callback):
             raise ConfigurationError(f"`export_onnx` must be True or False, got {export_onnx!r}")
         if export_onnx:
             onnx.require_onnx("LeGRCallback(export_onnx=True)")  # now, not after the search and fine-tuning
+        if not isinstance(reuse_fitness, bool):
+            raise ConfigurationError(f"`reuse_fitness` must be True or False, got {reuse_fitness!r}")
+        self.reuse_fitness = reuse_fitness
+        self.memory_format = FastPath(memory_format).memory_format  # refuses an unknown format
         if customized_pruners is not None and not isinstance(customized_pruners, dict):
             raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
         self.run = None if dirpath is None else RunDirectory(dirpath, self.kind)  # refuses a dirpath that is not a path
@@ -412,8 +430,13 @@ class LeGRCallback(Callback):
                 save_module_checkpoint(pl_module, run.file(RunDirectory.BASE))
         data = DataSources(trainer)
         pruner = self._pruner(pl_module, ranks)
-        self.transform = self._learn(trainer, pruner, data, ranks)
-        evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed)
+        fast = FastPath(self.memory_format)
+        self.transform = self._learn(trainer, pruner, data, ranks, fast)
+        evaluator = Evaluator(trainer, data, self.monitor, bn_batches=self.bn_batches, seed=self.seed, fast_path=fast)
+        if fast.decision is None:  # no search ran: decide for the table's evaluations, on rank 0 for everyone
+            fast.load(ranks.from_zero(lambda: evaluator.decide_fast_path(
+                pruner.apply(pruner.select(**{self.kind: min(self.budgets)}))
+            )))
         with quiet():
             base_metric = evaluator(copy.deepcopy(pl_module), recalibrate=False)
         unpruned = None
@@ -452,7 +475,9 @@ class LeGRCallback(Callback):
                 self._write_report(pruner)
         rank_zero_info("\nLeGR results\n" + format_table(run.portable(self.results), self.monitor, run.path))
 
-    def _learn(self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, ranks: Ranks) -> Transform:
+    def _learn(
+        self, trainer: pl.Trainer, pruner: LeGRPruner, data: DataSources, ranks: Ranks, fast: FastPath
+    ) -> Transform:
         run = self.run
         if self.transform_path is not None:
             return Transform.from_dict(ranks.from_zero(lambda: Transform.load(self.transform_path).to_dict()))
@@ -465,7 +490,8 @@ class LeGRCallback(Callback):
             return transform
         sign = 1.0 if self.mode == "min" else -1.0
         score = Evaluator(
-            trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches, self.seed
+            trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches, self.seed,
+            fast_path=fast if self.tau == 0 else None,
         )
 
         def fitness(module: pl.LightningModule) -> float:
@@ -473,6 +499,8 @@ class LeGRCallback(Callback):
             # search (or another rank) gives every candidate the batches the uninterrupted one would have
             with seeded(derive_seed(self.seed, CANDIDATE, search.evaluating)):
                 value = score(module)
+            for part, seconds in score.last_split.items():
+                search.add_split(part, seconds)
             return sign * value if math.isfinite(value) else math.inf  # NaN or +-inf: the worst, in either mode
 
         state_file = run.file(RunDirectory.SEARCH_STATE)
@@ -483,9 +511,17 @@ class LeGRCallback(Callback):
             kind=self.kind,
             generations=self.generations, population=self.population, sample_size=self.sample_size,
             mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
+            reuse_fitness=self.reuse_fitness and self.tau == 0,  # tau steps on random batches: a random fitness
         )
         if state is not None and not ranks.zero:  # rank 0 read the file itself; the others take its copy
             search.load_state_dict(state)
+        if self.tau == 0:  # decided once, on rank 0's first candidate; a resumed search keeps its decision
+            with quiet():
+                decision = search.notes.get("fast_path") or ranks.from_zero(
+                    lambda: score.decide_fast_path(pruner.prune(self.search_budgets[0]))
+                )
+            fast.load(decision)
+            search.notes["fast_path"] = decision
         summary = pruner.structure.summary()
         if ranks.zero:
             write_text(run.file(RunDirectory.STRUCTURE), summary + "\n")
@@ -510,6 +546,7 @@ class LeGRCallback(Callback):
             metrics["legr/population_mean"] = sign * gen.mean_fitness
             metrics["legr/non_finite"] = float(gen.non_finite)
             metrics.update({f"legr/width/{n}": float(w) for n, w in zip(names, gen.widths)})
+            metrics.update(_generation_costs(gen, search.cache_hits))
             if ranks.zero:
                 for logger in trainer.loggers:
                     logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=gen.generation)
@@ -520,7 +557,8 @@ class LeGRCallback(Callback):
                     f" ({non_finite} so far)."
                 )
             bar.update(1)
-            bar.set_postfix({f"best {self.monitor}": f"{sign * gen.best_fitness:.4f}"})
+            postfix = {f"best {self.monitor}": f"{sign * gen.best_fitness:.4f}", "s/gen": f"{gen.seconds:.2f}"}
+            bar.set_postfix({**postfix, "cached": search.cache_hits} if search.reuse_fitness else postfix)
 
         with bar, quiet():
             transform = search.run(on_generation)
@@ -706,6 +744,14 @@ def _budget_kind(flops: Any, params: Any, latency: Any, search_flops: Any, searc
                 f" run's kind.{wanted}"
             )
     return kind, budgets, searches.get(kind)
+
+
+def _generation_costs(gen: Generation, cache_hits: int) -> Dict[str, float]:
+    """What a generation cost, for the loggers: its seconds, their split where this rank evaluated it, and
+    whether its fitness was reused (``legr/cached``) with the run's count so far (``legr/cache_hits``)."""
+    costs = {"legr/seconds": gen.seconds, "legr/cached": float(gen.cached), "legr/cache_hits": float(cache_hits)}
+    costs.update({f"legr/seconds/{part}": seconds for part, seconds in (gen.split or {}).items()})
+    return costs
 
 
 def _check_int(name: str, value: Any, minimum: int, alternative: str = "") -> None:

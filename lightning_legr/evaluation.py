@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 import warnings
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -22,6 +23,7 @@ from lightning_legr import _compat
 from lightning_legr._random import BN_BATCHES, derive_seed, seeded
 from lightning_legr.core.calibration import recalibrate_batchnorm
 from lightning_legr.core.errors import ConfigurationError
+from lightning_legr.core.fastpath import FastPath
 
 __all__ = ["DataSources", "trainer_kwargs", "Evaluator", "quiet", "batch_inputs", "missing_metric_message"]
 
@@ -124,6 +126,9 @@ class Evaluator:
         bn_batches: training batches that re-estimate BatchNorm statistics: the same ones in every
             process, drawn from the training loader under a seed derived from ``seed``.
         seed: the search's seed.
+        fast_path: how to prepare a candidate for its validation when ``tau == 0`` (BatchNorm folded,
+            memory format; see :class:`~lightning_legr.core.fastpath.FastPath`), once it has a decision
+            (:meth:`decide_fast_path`); None: as it is.
     """
 
     def __init__(
@@ -136,6 +141,7 @@ class Evaluator:
         tau_lr: Optional[float] = 1e-3,
         bn_batches: int = 0,
         seed: int = 0,
+        fast_path: Optional[FastPath] = None,
     ) -> None:
         self.kwargs = trainer_kwargs(outer)
         self.device = outer.strategy.root_device
@@ -148,6 +154,8 @@ class Evaluator:
         self.seed = seed
         self._bn_inputs: Optional[List[torch.Tensor]] = None
         self.root_dir = outer.default_root_dir
+        self.fast_path = fast_path
+        self.last_split: Dict[str, float] = {}  # seconds of the last call's BatchNorm recalibration and tau steps
 
     def recalibrate(self, module: pl.LightningModule) -> None:
         """Re-estimate the module's BatchNorm statistics on ``bn_batches`` training batches."""
@@ -159,6 +167,19 @@ class Evaluator:
                 self._bn_inputs = [batch_inputs(b) for b in batches]
         module.to(self.device)
         recalibrate_batchnorm(module, (x.to(self.device) for x in self._bn_inputs))
+
+    def decide_fast_path(self, module: pl.LightningModule) -> Dict[str, Any]:
+        """Decide the fast path on ``module`` (a candidate copy, changed) from the first validation batch's
+        inputs; with batches lightning-legr cannot take the inputs from, candidates stay as they are."""
+        try:
+            inputs = batch_inputs(next(iter(self.data.loader("val")))).to(self.device)
+        except ConfigurationError:
+            decision = {"fold_batchnorm": 0, "memory_format": "contiguous", "note": "no tensor input to measure on"}
+            self.fast_path.load(decision)
+            return decision
+        module.to(self.device)
+        self.recalibrate(module)
+        return self.fast_path.decide(module, inputs)
 
     def _trainer(self, **kwargs: Any) -> pl.Trainer:
         return pl.Trainer(
@@ -173,9 +194,12 @@ class Evaluator:
         batches = self.batches if batches is None else batches
         _compat.forget_metric_attributes(module)
         _keep_metrics_local(module)
+        start = time.perf_counter()
         if recalibrate:
             self.recalibrate(module)
+        self.last_split = {"bn": time.perf_counter() - start} if recalibrate and self.bn_batches else {}
         with quiet():
+            start = time.perf_counter()
             if self.tau > 0:
                 if self.tau_lr is not None:
                     params = [p for p in module.parameters() if p.requires_grad]
@@ -184,6 +208,9 @@ class Evaluator:
                 self._trainer(max_steps=self.tau, limit_val_batches=0).fit(
                     module, train_dataloaders=self.data.loader("train")
                 )
+                self.last_split["tau"] = time.perf_counter() - start
+            elif self.fast_path is not None and self.fast_path.decision is not None:
+                self.fast_path.prepare(module)  # a copy, validated in eval mode: folding is exact
             limit = 1.0 if batches is None else batches
             results = self._trainer(limit_val_batches=limit).validate(
                 module, dataloaders=self.data.loader("val"), verbose=False

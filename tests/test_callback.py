@@ -1,6 +1,7 @@
 """LeGRCallback end to end: fit, search, budgets, files, logging, resume, and early errors."""
 
 import csv
+import itertools
 import json
 import logging
 import math
@@ -8,6 +9,7 @@ import os
 import shutil
 import warnings
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -67,6 +69,32 @@ def test_fit_search_two_budgets_and_reload(finished_run):
     assert any(r.get("flops_0.40-val_loss") for r in rows) and any(r.get("flops_0.70-val_loss") for r in rows)
     best = [float(r["legr/best"]) for r in rows if r.get("legr/best")]
     assert best == sorted(best, reverse=True)  # best-so-far never gets worse (mode min)
+
+    # what every generation cost, in the logs and in the search state
+    search_rows = [r for r in rows if r.get("legr/best")]
+    assert all(float(r["legr/seconds"]) > 0 for r in search_rows)
+    assert all(float(r["legr/seconds/bn"]) > 0 for r in search_rows if r["legr/cached"] == "0.0")
+    assert not any(r["legr/seconds/bn"] for r in search_rows if r["legr/cached"] == "1.0")  # not evaluated
+    hits = [float(r["legr/cache_hits"]) for r in search_rows]
+    assert hits == list(itertools.accumulate(float(r["legr/cached"]) for r in search_rows))
+    records = json.loads((dirpath / "search_state.json").read_text())["generations"]
+    assert [r["generation"] for r in records] == list(range(5))
+    assert [float(r["cached"]) for r in records] == [float(r["legr/cached"]) for r in search_rows]
+    assert all(r["split"]["bn"] > 0 for r in records if not r["cached"])  # bn_batches=4 by default
+
+
+def test_fast_path_scores_as_a_plain_validation(finished_run, tmp_path):
+    """The pruned models were scored on folded, possibly channels_last copies: a plain validate agrees."""
+    state = json.loads((finished_run.dirpath / "search_state.json").read_text())
+    decision = state["notes"]["fast_path"]
+    assert decision["fold_batchnorm"] == 5 and decision["memory_format"] in ("channels_last", "contiguous")
+    for row in finished_run.callback.results[1:]:
+        pruned = load_pruned(os.path.join(os.path.dirname(row["checkpoint"]), "pruned.ckpt"), DigitsClassifier)
+        validate = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                              enable_model_summary=False, default_root_dir=str(tmp_path))
+        plain = validate.validate(pruned, datamodule=tiny_data(), verbose=False)[0]["val_loss"]
+        assert row["metric_before"] == pytest.approx(plain, rel=1e-5)
+        assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in pruned.modules()) == 5  # saved unfolded
 
 
 def test_results_files_hold_paths_relative_to_the_run_directory(finished_run):
@@ -239,6 +267,8 @@ def test_finished_budgets_are_kept_on_rerun(tmp_path):
         (dict(flops=[0.5], criterion=object()), "`criterion` can be"),
         (dict(flops=[0.5], ignored_layers=[torch.nn.Conv2d(1, 1, 1)]), "`ignored_layers` must be module names"),
         (dict(flops=[0.5], bn_batches=-1), "`bn_batches`"),
+        (dict(flops=[0.5], reuse_fitness=1), "`reuse_fitness` must be True or False, got 1"),
+        (dict(flops=[0.5], memory_format="nhwc"), "`memory_format` can be auto, channels_last, contiguous"),
         (dict(flops=[0.5], search_flops=[0.2, 2.0]), r"`search_flops` must be in \(0, 1\]"),
     ],
 )
@@ -385,7 +415,7 @@ def test_resumed_search_scores_candidates_as_an_uninterrupted_one(tmp_path, monk
         CountingClassifier.steps = 0
         callback = LeGRCallback(flops=[0.5], dirpath=str(tmp_path / name), **settings)
         trainer(tmp_path / name, [callback], max_epochs=0).fit(module, datamodule=tiny_data())
-        return json.loads((tmp_path / name / "search_state.json").read_text())["evolution"]["history"]
+        return json.loads((tmp_path / name / "search_state.json").read_text())
 
     reference = fit("ref", 1)
     assert CountingClassifier.steps == settings["generations"] * settings.get("tau", 0)  # tau steps per candidate
@@ -393,10 +423,20 @@ def test_resumed_search_scores_candidates_as_an_uninterrupted_one(tmp_path, monk
     calls = kill_search_at_step(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="killed"):
         fit("run", 2)
+    killed = json.loads((tmp_path / "run" / "search_state.json").read_text())
     calls["n"] = -100
     resumed = fit("run", 3)
     assert calls["n"] == -100 + 3  # generations 3..5 ran in the resumed process
-    assert resumed == reference
+    assert resumed["evolution"] == reference["evolution"]
+    assert resumed["fitness_cache"] == reference["fitness_cache"]
+    assert resumed["notes"] == killed["notes"]  # the fast-path decision of the first process is kept, timings too
+    assert [r["cached"] for r in resumed["generations"]] == [r["cached"] for r in reference["generations"]]
+    cached = sum(r["cached"] for r in reference["generations"])
+    if "tau" in scoring:  # the tau steps make the fitness random: never reused
+        assert reference["fitness_cache"] == [] and cached == 0 and reference["notes"] == {}  # no fast path
+    else:
+        assert len(reference["fitness_cache"]) == settings["generations"] - cached
+        assert all(len(e["widths"]) == 1 for e in reference["fitness_cache"])  # one search budget
 
 
 def test_seeded_block_leaves_the_global_random_state_alone():

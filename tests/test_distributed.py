@@ -196,3 +196,57 @@ def test_a_decision_of_rank_zero_reaches_every_rank():
                                     world_size=2))
     with pytest.raises(RuntimeError, match="rank 0 failed, so every rank stops: OSError: disk full"):
         crashed.from_zero(lambda: None)
+
+
+def test_ranks_agree_on_reused_fitness_and_send_no_cached_candidate_to_a_rank():
+    """Two ranks in two threads: the cache is decided before the workers, from what both ranks share."""
+    import threading
+
+    from lightning_legr import LeGRSearch
+    from tests.models import shared_pruner
+
+    pruner, batch = shared_pruner("vgg_small"), torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    settings = dict(generations=30, population=4, sample_size=2, mutation_rate=0.3, seed=3, reuse_fitness=True)
+    slots, barrier = [None, None], threading.Barrier(2, timeout=60)
+
+    def gather_for(rank):
+        def gather(mine):
+            slots[rank] = mine
+            barrier.wait()
+            gathered = list(slots)
+            barrier.wait()
+            return gathered
+        return gather
+
+    def fitness_counting(calls):
+        def fitness(pruned):
+            calls.append(1)
+            with torch.no_grad():
+                return pruned.eval()(batch).pow(2).mean().item()
+        return fitness
+
+    calls, searches, errors = [[], []], [None, None], []
+
+    def run(rank):
+        try:
+            search = LeGRSearch(pruner, fitness_counting(calls[rank]), 0.5,
+                                workers=RankWorkers(ranks(rank), gather_for(rank)), **settings)
+            search.run()
+            searches[rank] = search
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    zero, one = searches
+    assert zero.evolution.state_dict() == one.evolution.state_dict() and zero.cache == one.cache
+    assert 0 < zero.cache_hits and len(calls[0]) + len(calls[1]) == 30 - zero.cache_hits  # none evaluated twice
+    single = LeGRSearch(pruner, fitness_counting([]), 0.5, workers=type("Two", (), {"size": 2, "map": (
+        lambda self, evaluate, count, digest: [evaluate(i) for i in range(count)])})(), **settings)
+    single.run()
+    assert single.evolution.state_dict() == zero.evolution.state_dict() and single.cache == zero.cache

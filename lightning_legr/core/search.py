@@ -1,18 +1,19 @@
 """LeGRSearch: learn the transform by regularized evolution, with a resumable state file."""
 
+import hashlib
 import math
 import numbers
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch import nn
 
 from lightning_legr.core._io import PathLike, read_json, write_json
 from lightning_legr.core.errors import ConfigurationError
-from lightning_legr.core.evolution import RegularizedEvolution
+from lightning_legr.core.evolution import RegularizedEvolution, _float, _json_float
 from lightning_legr.core.pruner import LeGRPruner
 from lightning_legr.core.cost import check_kind
 from lightning_legr.core.selection import Selection, check_budget
@@ -23,6 +24,7 @@ __all__ = ["Generation", "LeGRSearch", "SerialWorkers", "learn_transform", "chec
 
 STATE_FORMAT = "lightning-legr/search-state"
 Fitness = Callable[[nn.Module], float]
+SelectionKey = Tuple[Tuple[int, ...], ...]  # the widths per group, at every search budget
 
 
 def check_budgets(budgets: Union[float, Sequence[float]], name: str = "flops", unpruned: bool = True) -> list:
@@ -58,8 +60,11 @@ class Generation:
     mean_fitness: float
     widths: np.ndarray  # at the smallest search budget
     ratio: float  # fraction of the cost (of the search's kind: FLOPs, parameters) kept at the smallest search budget
-    seconds: float
+    seconds: float  # wall time of the step, per candidate
     non_finite: bool = False  # the fitness function returned NaN or an infinity
+    cached: bool = False  # an earlier candidate had the same selection: its fitness was reused, not evaluated
+    split: Optional[Dict[str, float]] = None  # seconds in "prune", "evaluate" (and what the fitness names, e.g.
+    # "bn"): for a candidate evaluated in this process; None for one evaluated by another worker
 
 
 class SerialWorkers:
@@ -98,6 +103,12 @@ class LeGRSearch:
         kind: what the budgets in ``flops`` are fractions of: ``"flops"`` (the default) or another kind of
             :data:`~lightning_legr.core.cost.COST_KINDS`, e.g. ``"params"``: candidates are then pruned to
             that share of the parameters.
+        reuse_fitness: ``True`` when ``fitness`` is deterministic in the pruned network (no training
+            steps, no random batches): a candidate whose widths at every search budget equal an earlier
+            candidate's (within a group the channel order is fixed, so it is the same pruned network) gets
+            that fitness without being evaluated. The fitnesses it reuses are kept in the search state, so
+            a resumed search reuses them too. Leave it ``False`` for a stochastic fitness (e.g. a few
+            training steps on shuffled batches): a repeat would keep its first, lucky or unlucky, value.
         **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
             ``min_step``, ``seed`` of :class:`~lightning_legr.core.evolution.RegularizedEvolution`.
 
@@ -112,6 +123,8 @@ class LeGRSearch:
         >>> transform = search.run()
         >>> search.evolution.generation
         6
+        >>> search.records[0]["generation"], sorted(search.records[0]["split"])
+        (0, ['evaluate', 'prune', 'select'])
     """
 
     def __init__(
@@ -123,10 +136,21 @@ class LeGRSearch:
         fitness_name: str = "the fitness",
         workers: Optional[SerialWorkers] = None,
         kind: str = "flops",
+        reuse_fitness: bool = False,
         **evolution: Any,
     ) -> None:
         if not callable(fitness):
             raise TypeError(f"`fitness` must be a callable (pruned model -> float), got {type(fitness).__name__}")
+        if not isinstance(reuse_fitness, bool):
+            raise ConfigurationError(
+                f"`reuse_fitness` must be True (the fitness is deterministic in the pruned network) or False, got"
+                f" {reuse_fitness!r}"
+            )
+        self.reuse_fitness = reuse_fitness
+        self.cache: Dict[SelectionKey, float] = {}  # fitness by selection, filled only when reuse_fitness
+        self.records: List[Dict[str, Any]] = []  # per generation: wall time, split, whether the fitness was reused
+        self._split: Dict[str, float] = {}  # the split of the candidate being evaluated
+        self.notes: Dict[str, Any] = {}  # what the fitness decided once for the whole search (strict JSON), kept
         self.pruner = pruner
         self.fitness = fitness
         self.fitness_name = fitness_name
@@ -146,32 +170,103 @@ class LeGRSearch:
         return self.evolution.done
 
     def step(self) -> List[Generation]:
-        """Evaluate the next ``workers.size`` candidates; write the state file if there is one."""
+        """Evaluate the next ``workers.size`` candidates; write the state file if there is one.
+
+        With ``reuse_fitness``, a candidate whose selection was seen before (in an earlier step, or earlier
+        in this one) takes that fitness and is not handed to the workers. The decision is made from the
+        evolution and the cache alone, which every worker shares, so distributed workers agree on it.
+        """
         start = time.perf_counter()
         first = self.evolution.generation
         transforms = [self._transform(a, k) for a, k in self.evolution.ask_batch(self.workers.size)]
         selections = [[self._select(budget, t) for budget in self.budgets] for t in transforms]
+        select_seconds = (time.perf_counter() - start) / len(transforms)
+        keys = [_selection_key(chosen) for chosen in selections]
+        fresh, reused, repeats = self._plan(keys)
+        cached = set(reused) | set(repeats)
+        splits: Dict[int, Dict[str, float]] = {}
 
-        def evaluate(i: int) -> float:
+        def evaluate(j: int) -> float:
+            i = fresh[j]
             self.evaluating = first + i
-            return float(np.mean([float(self.fitness(self.pruner.apply(s))) for s in selections[i]]))
+            self._split = {"prune": 0.0, "evaluate": 0.0}
+            values = []
+            for selection in selections[i]:
+                tick = time.perf_counter()
+                pruned = self.pruner.apply(selection)
+                tock = time.perf_counter()
+                values.append(float(self.fitness(pruned)))
+                self._split["prune"] += tock - tick
+                self._split["evaluate"] += time.perf_counter() - tock
+            named = sum(v for k, v in self._split.items() if k not in ("prune", "evaluate"))
+            self._split["evaluate"] = max(0.0, self._split["evaluate"] - named)  # what the fitness did not name
+            splits[i] = self._split
+            return float(np.mean(values))
 
-        fitnesses = self.workers.map(evaluate, len(transforms), self.evolution.digest())
+        evaluated = self.workers.map(evaluate, len(fresh), self._digest())
         self.evaluating = None
+        fitnesses = [reused.get(i, math.nan) for i in range(len(transforms))]
+        for i, value in zip(fresh, evaluated):
+            fitnesses[i] = value
+        for i, earlier in repeats.items():
+            fitnesses[i] = fitnesses[earlier]
         self.evolution.tell_batch(fitnesses)
+        if self.reuse_fitness:
+            for i in fresh:
+                self.cache[keys[i]] = _worst_if_not_finite(fitnesses[i])
         self._check_some_finite()
+        seconds = (time.perf_counter() - start) / len(transforms)
+        for i in range(len(transforms)):  # a candidate another worker evaluated has no split here
+            if i in splits or i in cached:
+                splits[i] = {"select": select_seconds, **splits.get(i, {})}
+            self.records.append(_record(first + i, seconds, i in cached, splits.get(i)))
         if self.state_path:
             write_json(self.state_path, self.state_dict())
-        seconds = (time.perf_counter() - start) / len(transforms)
         history = self.evolution.history[first:]
         return [
             Generation(first + i, told, best, mean, chosen[0].widths, chosen[0].ratio, seconds,
-                       non_finite=not math.isfinite(fitness))
+                       non_finite=not math.isfinite(fitness), cached=i in cached, split=splits.get(i))
             for i, ((told, best, mean), chosen, fitness) in enumerate(zip(history, selections, fitnesses))
         ]
 
     def _select(self, budget: float, transform: Optional[Transform] = None) -> Selection:
         return self.pruner.select(transform=transform, **{self.kind: budget})
+    def _plan(self, keys: List[SelectionKey]) -> Tuple[List[int], Dict[int, float], Dict[int, int]]:
+        """Which of a step's candidates to evaluate; the fitness of those the cache knows; and for a repeat
+        of an earlier candidate of this step, that candidate's index."""
+        if not self.reuse_fitness:
+            return list(range(len(keys))), {}, {}
+        fresh, reused, repeats, first_seen = [], {}, {}, {}
+        for i, key in enumerate(keys):
+            if key in self.cache:
+                reused[i] = self.cache[key]
+            elif key in first_seen:
+                repeats[i] = first_seen[key]
+            else:
+                first_seen[key] = i
+                fresh.append(i)
+        return fresh, reused, repeats
+
+    def _digest(self) -> str:
+        """The evolution's fingerprint, and the cache's: distributed workers compare both every step."""
+        if not self.reuse_fitness:
+            return self.evolution.digest()
+        h = hashlib.sha1(self.evolution.digest().encode())
+        for key, value in self.cache.items():
+            h.update(repr((key, value)).encode())
+        return h.hexdigest()[:16]
+
+    def add_split(self, part: str, seconds: float) -> None:
+        """Name ``seconds`` of the candidate's fitness call that went to ``part`` (e.g. ``"bn"`` for its
+        BatchNorm recalibration), for the records and the logs; called by the fitness during its evaluation."""
+        if part in ("prune", "evaluate", "select"):
+            raise ConfigurationError(f"`part` {part!r} is measured by the search itself; name another part, e.g. 'bn'")
+        self._split[part] = self._split.get(part, 0.0) + float(seconds)
+
+    @property
+    def cache_hits(self) -> int:
+        """Candidates whose fitness was reused rather than evaluated, so far (resumed runs included)."""
+        return sum(1 for r in self.records if r["cached"])
 
     def _check_some_finite(self) -> None:
         evolution = self.evolution
@@ -221,6 +316,11 @@ class LeGRSearch:
             "round_to": self.pruner.round_to,
             "budgets": self.budgets,
             "evolution": self.evolution.state_dict(),
+            "fitness_cache": [
+                {"widths": [list(w) for w in key], "fitness": _json_float(value)} for key, value in self.cache.items()
+            ],
+            "generations": self.records,
+            "notes": self.notes,
         }
         if self.kind != "flops":  # states of FLOP searches stay as they were
             state["kind"] = self.kind
@@ -245,6 +345,29 @@ class LeGRSearch:
             self.evolution.load_state_dict(state["evolution"])
         except ValueError as err:
             raise ConfigurationError(f"{where} belongs to another search: {err} Use another path, or delete it.") from None
+        # states written before the cache and the records had neither: the search goes on without them
+        self.cache = {
+            tuple(tuple(int(w) for w in widths) for widths in entry["widths"]): _float(entry["fitness"])
+            for entry in state.get("fitness_cache", [])
+        }
+        self.records = [dict(r) for r in state.get("generations", [])][: self.evolution.generation]
+        self.notes = dict(state.get("notes", {}))
+
+
+def _selection_key(selections: Sequence[Any]) -> SelectionKey:
+    return tuple(tuple(int(w) for w in s.widths) for s in selections)
+
+
+def _worst_if_not_finite(value: float) -> float:
+    return value if math.isfinite(value) else math.inf
+
+
+def _record(generation: int, seconds: float, cached: bool, split: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    """One generation in the state file: rounded to the microsecond, which keeps 400 of them small."""
+    record: Dict[str, Any] = {"generation": generation, "seconds": round(seconds, 6), "cached": cached}
+    if split is not None:
+        record["split"] = {k: round(v, 6) for k, v in split.items()}
+    return record
 
 
 def learn_transform(

@@ -195,3 +195,134 @@ def test_several_candidates_per_step_are_deterministic_and_resume(pruner, refere
     assert json.loads(path.read_text())["evolution"]["generation"] == 4  # the whole first step, nothing of the second
     resumed = LeGRSearch(pruner, make_fitness(reference), 0.5, state_path=path, workers=ReversedWorkers(4), **SETTINGS)
     assert resumed.run() == transform and resumed.evolution.history == search.evolution.history
+
+
+# ---------------------------------------------------------------- fitness reuse and the per-generation records
+REUSE = dict(generations=30, population=4, sample_size=2, mutation_rate=0.3, seed=3)
+
+
+def counting_fitness(reference, kill_at=None, calls=None):
+    calls = [] if calls is None else calls
+
+    def fitness(pruned):
+        if kill_at is not None and len(calls) == kill_at:
+            raise Killed(f"killed at evaluation {len(calls)}")
+        calls.append(1)
+        with torch.no_grad():
+            return (pruned.eval()(BATCH) - reference).pow(2).mean().item()
+
+    return fitness, calls
+
+
+@pytest.fixture(scope="module")
+def reuse_runs(pruner, reference):
+    """The same search with and without reuse: (search, generations, evaluations) for each."""
+    runs = {}
+    for reuse in (True, False):
+        fitness, calls = counting_fitness(reference)
+        search = LeGRSearch(pruner, fitness, 0.5, reuse_fitness=reuse, **REUSE)
+        generations = []
+        search.run(generations.append)
+        runs[reuse] = search, generations, len(calls)
+    return runs
+
+
+def without_times(records):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "split")} for r in records]
+
+
+def test_reused_fitness_equals_a_fresh_evaluation(reuse_runs):
+    (cached, cached_gens, cached_calls), (fresh, fresh_gens, fresh_calls) = reuse_runs[True], reuse_runs[False]
+    hits = [g.generation for g in cached_gens if g.cached]
+    assert 0 < len(hits) < 30 and cached.cache_hits == len(hits)
+    assert cached_calls == 30 - len(hits) and fresh_calls == 30  # a reused candidate is never evaluated
+    for g in hits:  # the same selection was evaluated before, and a fresh evaluation gives the same value
+        earlier = [e for e in cached_gens[:g] if e.widths.tolist() == cached_gens[g].widths.tolist()]
+        assert earlier and not earlier[0].cached and cached_gens[g].fitness == earlier[0].fitness
+        assert fresh_gens[g].fitness == cached_gens[g].fitness and not fresh_gens[g].cached
+    assert cached.evolution.state_dict() == fresh.evolution.state_dict()
+    assert cached.best_transform() == fresh.best_transform()
+    assert len(cached.cache) == 30 - len(hits) and fresh.cache == {}
+    assert [r["cached"] for r in cached.records] == [g.cached for g in cached_gens]
+    assert not any(r["cached"] for r in fresh.records)
+
+
+def test_no_reuse_when_turned_off(reuse_runs, pruner, reference, tmp_path):
+    fresh, _, _ = reuse_runs[False]
+    assert fresh.cache_hits == 0 and fresh.state_dict()["fitness_cache"] == []
+    with pytest.raises(ValueError, match="`reuse_fitness` must be True .* or False, got 'yes'"):
+        LeGRSearch(pruner, make_fitness(reference), 0.5, reuse_fitness="yes", **REUSE)
+
+
+@pytest.mark.parametrize("kill_at", [1, 4, 6])
+def test_resumed_search_keeps_its_cache_and_records(reuse_runs, pruner, reference, tmp_path, kill_at):
+    expected, _, _ = reuse_runs[True]
+    path = tmp_path / "search.json"
+    fitness, _ = counting_fitness(reference, kill_at=kill_at)
+    killed = LeGRSearch(pruner, fitness, 0.5, state_path=path, reuse_fitness=True, **REUSE)
+    with pytest.raises(Killed):
+        killed.run()
+    saved = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    done = saved["evolution"]["generation"]
+    assert len(saved["generations"]) == done and len(saved["fitness_cache"]) == kill_at
+
+    fitness, calls = counting_fitness(reference)
+    resumed = LeGRSearch(pruner, fitness, 0.5, state_path=path, reuse_fitness=True, **REUSE)
+    assert resumed.cache == {k: v for k, v in list(killed.cache.items())}
+    assert resumed.records == saved["generations"]  # the wall times of the first run are kept as written
+    resumed.run()
+    assert len(calls) == len(expected.cache) - kill_at  # nothing the first run evaluated is evaluated again
+    assert resumed.best_transform() == expected.best_transform()
+    assert resumed.best_transform().info == expected.best_transform().info
+    assert resumed.evolution.state_dict() == expected.evolution.state_dict()
+    assert resumed.cache == expected.cache and list(resumed.cache) == list(expected.cache)
+    assert without_times(resumed.records) == without_times(expected.records)
+    final = json.loads(path.read_text())
+    assert final["generations"][:done] == saved["generations"]
+    assert final["fitness_cache"] == expected.state_dict()["fitness_cache"]
+
+
+def test_repeats_within_one_step_are_evaluated_once(reuse_runs, pruner, reference):
+    expected, _, _ = reuse_runs[False]
+    fitness, calls = counting_fitness(reference)
+    workers = ReversedWorkers(4)
+    search = LeGRSearch(pruner, fitness, 0.5, workers=workers, reuse_fitness=True, **REUSE)
+    generations = []
+    search.run(generations.append)
+    plain = LeGRSearch(pruner, make_fitness(reference), 0.5, workers=ReversedWorkers(4), **REUSE)
+    plain.run()
+    assert search.evolution.state_dict() == plain.evolution.state_dict()
+    assert sum(workers.counts) == len(calls) == 30 - search.cache_hits
+    assert any(c < 4 for c in workers.counts[1:-1])  # some steps sent fewer candidates to the workers
+    for step in range(0, 30, 4):  # a repeat inside a step takes the value of the first of its kind
+        batch = generations[step : step + 4]
+        widths = [g.widths.tolist() for g in batch]
+        for j, g in enumerate(batch):
+            if widths[j] in widths[:j]:
+                assert g.cached and g.fitness == batch[widths.index(widths[j])].fitness
+
+
+def test_records_hold_the_wall_time_and_its_split(pruner, reference, tmp_path):
+    path = tmp_path / "search.json"
+    holder = {}
+
+    def fitness(pruned):
+        holder["search"].add_split("bn", 0.0)
+        holder["search"].add_split("bn", 0.001)
+        return make_fitness(reference)(pruned)
+
+    search = LeGRSearch(pruner, fitness, [0.5, 0.7], state_path=path, **SETTINGS)
+    holder["search"] = search
+    generations = []
+    search.run(generations.append)
+    records = json.loads(path.read_text())["generations"]
+    assert [r["generation"] for r in records] == list(range(9)) == [g.generation for g in generations]
+    for record, gen in zip(records, generations):
+        assert record["seconds"] == round(gen.seconds, 6) > 0 and record["cached"] is False
+        split = record["split"]
+        assert sorted(split) == ["bn", "evaluate", "prune", "select"] and split["bn"] == 0.002  # two budgets
+        assert gen.split["bn"] == pytest.approx(0.002) and gen.split["select"] > 0
+        assert gen.split["prune"] > 0 and gen.split["evaluate"] >= 0
+        assert sum(gen.split.values()) <= gen.seconds
+    with pytest.raises(ValueError, match="'prune' is measured by the search itself"):
+        search.add_split("prune", 1.0)
