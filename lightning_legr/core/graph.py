@@ -41,8 +41,10 @@ The design, and why:
    in ``tracer.origins`` with its module, so that ``Structure`` can say which op and module a
    refused group goes through.
 
-The replay is Python (forward hooks and a ``TorchFunctionMode``): exporting a pruned model
-(TorchScript, ONNX) needs the shortcut written as a module, e.g. ``ZeroPadShortcut``.
+The replay is Python (forward hooks and a ``TorchFunctionMode``): TorchScript cannot export such a
+pruned model (write the shortcut as a module, e.g. ``ZeroPadShortcut``), while ``torch.export`` in
+non-strict mode runs the hooks and records the pruned placement, so ONNX export
+(``lightning_legr.core.export``) works with either form.
 
 Why not FX or a rewritten model: ``torch.fx`` cannot trace data-dependent code such as
 ``self.out_channels - x.size(1)`` in ``DownsampleA``, and would hand back a ``GraphModule``
