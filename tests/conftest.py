@@ -33,7 +33,7 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-FINISHED_SETTINGS = dict(SMALL_SEARCH, flops=[0.4, 0.7], finetune_epochs=2, latency=True)
+FINISHED_SETTINGS = dict(SMALL_SEARCH, flops=[0.4, 0.7], finetune_epochs=2, latency=True, memory_format="auto")
 
 
 @pytest.fixture(scope="session")

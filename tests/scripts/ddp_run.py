@@ -71,6 +71,7 @@ class Counting(DigitsClassifier):
 callback = LeGRCallback(
     flops=[0.4, 0.7], dirpath=os.path.join(args.root, "legr"), generations=args.generations, population=4,
     sample_size=2, finetune_epochs=args.finetune_epochs, latency=False, seed=3,
+    memory_format="contiguous",  # separate runs are compared bit for bit: no timing decides how they evaluate
 )
 trainer = pl.Trainer(
     accelerator="cpu", devices=args.devices, num_nodes=args.num_nodes, strategy=args.strategy, max_epochs=args.epochs,
