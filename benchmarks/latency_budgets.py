@@ -93,8 +93,8 @@ def main(argv=None) -> int:
     cache = os.path.join(args.out, f"latency_table_resnet{depth}.json")
     pruner = LeGRPruner(model, x, cost_options={"latency": {"timer": timer, "cache": cache}})
     transform, ranking = learned_transform("identity" if args.smoke else args.transform, pruner)
+    unpruned = pruner.cost_model("latency").unpruned  # measures the table, or loads it from the cache
     table_s = time.time() - start
-    unpruned = pruner.cost_model("latency").unpruned
     print(f"ResNet-{depth} ({source}); ranking: {ranking}; batch 1, 1 thread, CPU")
     print(f"latency table: {cache} ({table_s:.0f} s with loading); unpruned {unpruned.median_ms:.3f} ms"
           f" (IQR {unpruned.iqr_ms:.3f}); floor {pruner.min_budget('latency'):.3f} of it (table)")
