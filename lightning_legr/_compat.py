@@ -4,13 +4,13 @@ Checked against Lightning 2.2 to 2.6.
 """
 
 import inspect
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import lightning.pytorch as pl
 
 __all__ = [
     "train_data_source", "val_data_source", "logger_prefix", "set_logger_prefix", "forget_metric_attributes",
-    "restart_train_iterator", "epochs_done", "end_pretraining", "fit", "load_from_checkpoint", "prefixable", "spawns_processes", "companion_ddp_strategy",
+    "restart_train_iterator", "epochs_done", "logged_sum", "end_pretraining", "fit", "load_from_checkpoint", "prefixable", "spawns_processes", "companion_ddp_strategy",
 ]
 
 
@@ -41,6 +41,21 @@ def forget_metric_attributes(module: pl.LightningModule) -> None:
     metric objects; Lightning would then not find the copy's metrics when they are logged. Lightning
     itself clears this cache at teardown."""
     module._metric_attributes = None
+
+
+def logged_sum(trainer: pl.Trainer, name: str) -> Optional[Tuple[float, float]]:
+    """``(sum of value x batch size, sum of batch sizes)`` so far in the running loop of the metric logged as
+    ``name``, when it is a tensor averaged over the epoch (``self.log(name, tensor)`` in ``validation_step``);
+    None when it is not logged (yet) that way, e.g. a torchmetrics object, whose batches cannot be told apart."""
+    results = trainer._results
+    for metric in (results or {}).values():
+        meta = getattr(metric, "meta", None)
+        if meta is None or meta.name != name or not getattr(metric, "is_tensor", False):
+            continue
+        if not (meta.on_epoch and meta.is_mean_reduction):
+            return None
+        return float(metric.value), float(metric.cumulated_batch_size)
+    return None
 
 
 def restart_train_iterator(trainer: pl.Trainer) -> None:

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 
-__all__ = ["BN_BATCHES", "CANDIDATE", "FINETUNE", "derive_seed", "seed_all", "seeded"]
+__all__ = ["BN_BATCHES", "CANDIDATE", "FINETUNE", "FITNESS_ORDER", "derive_seed", "seed_all", "seeded"]
 
 # derive_seed(seed, stream, ...): each use of the run's seed draws from its own stream
 BN_BATCHES = 0  # the training batches that recalibrate BatchNorm
 CANDIDATE = 1  # with the generation: the batches of one candidate's tau steps
 FINETUNE = 2  # with the budget and the epoch: one fine-tuning epoch's data order, dropout, augmentation
 CHECKS = 3  # the batches the checks at fit start draw
+FITNESS_ORDER = 4  # the order of the fitness batches when candidates can be stopped early
 
 
 def derive_seed(seed: int, *keys: float) -> int:

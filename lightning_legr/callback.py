@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import tempfile
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Union
 
 import lightning.pytorch as pl
@@ -29,6 +30,7 @@ from lightning_legr.core.fastpath import FastPath
 from lightning_legr.core.flops import count_flops, count_params
 from lightning_legr.core.latency import check_latency_budgets, latency_cost, meet_latency
 from lightning_legr.core.pruner import LeGRPruner
+from lightning_legr.core.rejection import EarlyRejection
 from lightning_legr.core.search import Generation, LeGRSearch, check_budgets
 from lightning_legr.core.selection import check_round_to, check_safeguard
 from lightning_legr.core.structure import check_layer_list, map_tensors
@@ -129,6 +131,14 @@ class LeGRCallback(Callback):
             in the logs as ``legr/cache_hits``). Ignored when ``tau > 0``: the training steps make the fitness
             random. Turn it off if your validation is random otherwise (e.g. a shuffled validation loader
             with ``fitness_batches``).
+        early_rejection: stop scoring a candidate once it is, with high confidence (a Student's t bound at
+            the 3-sigma level, after at least a fifth of the fitness batches and at least 8), worse than the
+            population member that tournaments pass over 99% of the time; its fitness is then recorded as that
+            low estimate, marked as a bound (``legr/rejected``, ``legr/saved`` in the logs, ``rejected`` in
+            ``search_state.json``). The best candidate is always scored in full. Needs ``fitness_batches``:
+            they are kept in memory and scored in one random order (the same for every candidate), and
+            ``monitor`` logged as a tensor in ``validation_step`` (``self.log(monitor, loss)``). The rule:
+            docs/how-legr-works.md.
 
     Raises:
         ConfigurationError: (a ``ValueError``) at construction, for invalid settings; when fit starts
@@ -188,6 +198,7 @@ class LeGRCallback(Callback):
         export_onnx: bool = False,
         reuse_fitness: bool = True,
         memory_format: str = "auto",
+        early_rejection: bool = False,
     ) -> None:
         super().__init__()
         self.kind, budgets, search = _budget_kind(flops, params, latency_budgets, search_flops, search_params)
@@ -227,6 +238,14 @@ class LeGRCallback(Callback):
         if not isinstance(reuse_fitness, bool):
             raise ConfigurationError(f"`reuse_fitness` must be True or False, got {reuse_fitness!r}")
         self.reuse_fitness = reuse_fitness
+        if not isinstance(early_rejection, bool):
+            raise ConfigurationError(f"`early_rejection` must be True or False, got {early_rejection!r}")
+        if early_rejection and fitness_batches is None:
+            raise ConfigurationError(
+                "`early_rejection=True` needs `fitness_batches` (e.g. 40): those batches are kept in memory and"
+                " scored in one random order, so that the first ones are a fair sample of them."
+            )
+        self.early_rejection = early_rejection
         self.memory_format = FastPath(memory_format).memory_format  # refuses an unknown format
         if customized_pruners is not None and not isinstance(customized_pruners, dict):
             raise ConfigurationError(f"`customized_pruners` must be a dict {{LayerClass: pruner}}, got {customized_pruners!r}")
@@ -333,6 +352,7 @@ class LeGRCallback(Callback):
                 "criterion": self._criterion_name,
                 "round_to": self.round_to,
                 "fitness_batches": self.fitness_batches,
+                **({"early_rejection": True} if self.early_rejection else {}),  # it orders the fitness batches
                 "bn_batches": self.bn_batches,
                 "finetune_epochs": self.finetune_epochs,
                 "monitor": self.monitor,
@@ -491,16 +511,28 @@ class LeGRCallback(Callback):
         sign = 1.0 if self.mode == "min" else -1.0
         score = Evaluator(
             trainer, data, self.monitor, self.fitness_batches, self.tau, self.tau_lr, self.bn_batches, self.seed,
-            fast_path=fast if self.tau == 0 else None,
+            fast_path=fast if self.tau == 0 else None, chunked=self.early_rejection,
         )
+        rejection = EarlyRejection(score.chunk_sizes()) if self.early_rejection else None
+        observe = (lambda value, weight: search.observe(sign * value, weight)) if rejection is not None else None
+        unreadable_told = False
 
         def fitness(module: pl.LightningModule) -> float:
+            nonlocal unreadable_told
             # the tau steps' batches come from the global RNG: seeded by the candidate's generation, a resumed
             # search (or another rank) gives every candidate the batches the uninterrupted one would have
             with seeded(derive_seed(self.seed, CANDIDATE, search.evaluating)):
-                value = score(module)
+                value = score(module, observe=observe)
             for part, seconds in score.last_split.items():
                 search.add_split(part, seconds)
+            if score.unreadable and not unreadable_told and ranks.zero:  # a plain warning: quiet() keeps the user's
+                unreadable_told = True
+                warnings.warn(
+                    f"LeGRCallback(early_rejection=True): `monitor={self.monitor!r}` is not logged batch by batch as"
+                    " a tensor averaged over the epoch (e.g. it is a torchmetrics object), so candidates are scored"
+                    f" in full. Log a tensor, `self.log({self.monitor!r}, loss)`, to stop hopeless ones early.",
+                    UserWarning, stacklevel=2,
+                )
             return sign * value if math.isfinite(value) else math.inf  # NaN or +-inf: the worst, in either mode
 
         state_file = run.file(RunDirectory.SEARCH_STATE)
@@ -512,6 +544,7 @@ class LeGRCallback(Callback):
             generations=self.generations, population=self.population, sample_size=self.sample_size,
             mutation_rate=self.mutation_rate, sigma=self.sigma, seed=self.seed,
             reuse_fitness=self.reuse_fitness and self.tau == 0,  # tau steps on random batches: a random fitness
+            early_rejection=rejection,
         )
         if state is not None and not ranks.zero:  # rank 0 read the file itself; the others take its copy
             search.load_state_dict(state)
@@ -546,7 +579,7 @@ class LeGRCallback(Callback):
             metrics["legr/population_mean"] = sign * gen.mean_fitness
             metrics["legr/non_finite"] = float(gen.non_finite)
             metrics.update({f"legr/width/{n}": float(w) for n, w in zip(names, gen.widths)})
-            metrics.update(_generation_costs(gen, search.cache_hits))
+            metrics.update(_generation_costs(gen, search))
             if ranks.zero:
                 for logger in trainer.loggers:
                     logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=gen.generation)
@@ -558,7 +591,11 @@ class LeGRCallback(Callback):
                 )
             bar.update(1)
             postfix = {f"best {self.monitor}": f"{sign * gen.best_fitness:.4f}", "s/gen": f"{gen.seconds:.2f}"}
-            bar.set_postfix({**postfix, "cached": search.cache_hits} if search.reuse_fitness else postfix)
+            if search.reuse_fitness:
+                postfix["cached"] = search.cache_hits
+            if rejection is not None:
+                postfix["rejected"] = search.rejections
+            bar.set_postfix(postfix)
 
         with bar, quiet():
             transform = search.run(on_generation)
@@ -746,10 +783,15 @@ def _budget_kind(flops: Any, params: Any, latency: Any, search_flops: Any, searc
     return kind, budgets, searches.get(kind)
 
 
-def _generation_costs(gen: Generation, cache_hits: int) -> Dict[str, float]:
-    """What a generation cost, for the loggers: its seconds, their split where this rank evaluated it, and
-    whether its fitness was reused (``legr/cached``) with the run's count so far (``legr/cache_hits``)."""
-    costs = {"legr/seconds": gen.seconds, "legr/cached": float(gen.cached), "legr/cache_hits": float(cache_hits)}
+def _generation_costs(gen: Generation, search: LeGRSearch) -> Dict[str, float]:
+    """What a generation cost, for the loggers: its seconds, their split where this rank evaluated it,
+    whether its fitness was reused (``legr/cached``) with the run's count so far (``legr/cache_hits``), and
+    with early rejection, whether it is a bound (``legr/rejected``), the candidates stopped so far
+    (``legr/rejections``) and the weight (images) of fitness data they were not scored on (``legr/saved``)."""
+    costs = {"legr/seconds": gen.seconds, "legr/cached": float(gen.cached), "legr/cache_hits": float(search.cache_hits)}
+    if search.early_rejection is not None:
+        costs.update({"legr/rejected": float(gen.rejected), "legr/rejections": float(search.rejections),
+                      "legr/saved": search.saved})
     costs.update({f"legr/seconds/{part}": seconds for part, seconds in (gen.split or {}).items()})
     return costs
 

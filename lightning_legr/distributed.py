@@ -130,7 +130,7 @@ class RankWorkers:
         self.evaluate_seconds = 0.0  # this rank's time in its candidates (prune, BatchNorm, evaluation)
         self.wait_seconds = 0.0  # its time waiting for the others and exchanging the results
 
-    def map(self, evaluate: Callable[[int], float], count: int, digest: str) -> List[float]:
+    def map(self, evaluate: Callable[[int], Any], count: int, digest: str) -> List[Any]:
         start = time.perf_counter()
         value, failure = math.nan, None
         if self.ranks.rank < count:
@@ -158,7 +158,7 @@ class RankWorkers:
                 " again; if it persists, the ranks see different models or data (e.g. a model built with an"
                 " unseeded random width)."
             )
-        return [float(v) for v, _, _ in gathered[:count]]
+        return [v for v, _, _ in gathered[:count]]
 
 
 def _all_gather(obj: Any) -> List[Any]:

@@ -12,15 +12,17 @@ import logging
 import math
 import time
 import warnings
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torchmetrics
+from lightning.pytorch.utilities.data import extract_batch_size
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lightning_legr import _compat
-from lightning_legr._random import BN_BATCHES, derive_seed, seeded
+from lightning_legr._random import BN_BATCHES, FITNESS_ORDER, derive_seed, seeded
 from lightning_legr.core.calibration import recalibrate_batchnorm
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.fastpath import FastPath
@@ -28,7 +30,7 @@ from lightning_legr.core.fastpath import FastPath
 __all__ = ["DataSources", "trainer_kwargs", "Evaluator", "quiet", "batch_inputs", "missing_metric_message"]
 
 _LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_lightning")
-_LIGHTNING_MODULES = r"(lightning|pytorch_lightning|lightning_fabric|lightning_utilities)(\..*)?"
+_LIGHTNING_MODULES = r"(lightning|pytorch_lightning|lightning_fabric|lightning_utilities)(\..*)?\Z"  # not lightning_legr
 _depth = 0
 
 
@@ -129,6 +131,10 @@ class Evaluator:
         fast_path: how to prepare a candidate for its validation when ``tau == 0`` (BatchNorm folded,
             memory format; see :class:`~lightning_legr.core.fastpath.FastPath`), once it has a decision
             (:meth:`decide_fast_path`); None: as it is.
+        chunked: validate on the first ``batches`` validation batches kept in memory, in one random order
+            (seeded by ``seed``, the same for every candidate), so that a call can report every batch's
+            ``monitor`` as it goes and stop early (``observe``): the first batches are then a random sample of
+            them, even from a loader sorted by class. Needs ``batches``.
     """
 
     def __init__(
@@ -142,7 +148,10 @@ class Evaluator:
         bn_batches: int = 0,
         seed: int = 0,
         fast_path: Optional[FastPath] = None,
+        chunked: bool = False,
     ) -> None:
+        if chunked and batches is None:
+            raise ConfigurationError("Scoring candidates batch by batch needs a number of fitness batches, not all of them.")
         self.kwargs = trainer_kwargs(outer)
         self.device = outer.strategy.root_device
         self.data = data
@@ -156,6 +165,22 @@ class Evaluator:
         self.root_dir = outer.default_root_dir
         self.fast_path = fast_path
         self.last_split: Dict[str, float] = {}  # seconds of the last call's BatchNorm recalibration and tau steps
+        self.chunked = chunked
+        self._chunks: Optional[_Batches] = None
+        self.stopped = False  # the last call was stopped early by its ``observe``
+        self.unreadable = False  # ``observe`` was given but ``monitor`` is not logged batch by batch
+
+    def chunks(self) -> "_Batches":
+        """The fitness batches of a chunked evaluator, in their fixed random order (fetched once)."""
+        if self._chunks is None:
+            batches = list(itertools.islice(self.data.loader("val"), self.batches))
+            order = np.random.Generator(np.random.PCG64(derive_seed(self.seed, FITNESS_ORDER))).permutation(len(batches))
+            self._chunks = _Batches([batches[i] for i in order])
+        return self._chunks
+
+    def chunk_sizes(self) -> List[int]:
+        """The batch size of every chunk, as Lightning weighs them in the mean of a logged metric."""
+        return [extract_batch_size(batch) for batch in self.chunks()]
 
     def recalibrate(self, module: pl.LightningModule) -> None:
         """Re-estimate the module's BatchNorm statistics on ``bn_batches`` training batches."""
@@ -188,10 +213,16 @@ class Evaluator:
         )
 
     def metrics(
-        self, module: pl.LightningModule, batches: Optional[int] = None, recalibrate: bool = True
+        self, module: pl.LightningModule, batches: Optional[int] = None, recalibrate: bool = True,
+        observe: Optional[Callable[[float, float], bool]] = None,
     ) -> Dict[str, float]:
-        """Everything the module logs in validation (after recalibration and ``tau`` steps), as floats."""
+        """Everything the module logs in validation (after recalibration and ``tau`` steps), as floats.
+
+        ``observe(value, batch_size)`` (a chunked evaluator only) is told ``monitor`` of every batch; when it
+        returns True, the validation stops there, ``stopped`` is set and the result is empty.
+        """
         batches = self.batches if batches is None else batches
+        self.stopped = False
         _compat.forget_metric_attributes(module)
         _keep_metrics_local(module)
         start = time.perf_counter()
@@ -212,17 +243,72 @@ class Evaluator:
             elif self.fast_path is not None and self.fast_path.decision is not None:
                 self.fast_path.prepare(module)  # a copy, validated in eval mode: folding is exact
             limit = 1.0 if batches is None else batches
-            results = self._trainer(limit_val_batches=limit).validate(
-                module, dataloaders=self.data.loader("val"), verbose=False
-            )
+            if self.chunked and batches == self.batches:
+                watch = _BatchWatch(self.monitor, observe)
+                try:
+                    results = self._trainer(callbacks=[watch]).validate(module, dataloaders=self.chunks(), verbose=False)
+                except _Stop:
+                    self.stopped = True
+                    return {}
+                finally:
+                    self.unreadable = observe is not None and watch.unreadable
+            else:
+                results = self._trainer(limit_val_batches=limit).validate(
+                    module, dataloaders=self.data.loader("val"), verbose=False
+                )
         return {k: float(v) for k, v in (results[0] if results else {}).items()}
 
-    def __call__(self, module: pl.LightningModule, batches: Optional[int] = None, recalibrate: bool = True) -> float:
-        metrics = self.metrics(module, batches, recalibrate)
+    def __call__(
+        self, module: pl.LightningModule, batches: Optional[int] = None, recalibrate: bool = True,
+        observe: Optional[Callable[[float, float], bool]] = None,
+    ) -> float:
+        """``monitor`` of the candidate; NaN when it is not finite, or when ``observe`` stopped it."""
+        metrics = self.metrics(module, batches, recalibrate, observe)
+        if self.stopped:
+            return math.nan
         if self.monitor not in metrics:
             raise KeyError(missing_metric_message(self.monitor, metrics))
         value = metrics[self.monitor]
         return value if math.isfinite(value) else math.nan
+
+
+class _Batches:
+    """Batches kept in memory, as one loader (Lightning reads a plain list as a list of loaders)."""
+
+    def __init__(self, batches: List[Any]) -> None:
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Stop(Exception):
+    """Raised from a validation batch's end to stop the candidate's validation there."""
+
+
+class _BatchWatch(pl.Callback):
+    """Tells ``observe`` the mean ``monitor`` of every validation batch (from the logged running sum), and
+    stops the validation when it says so."""
+
+    def __init__(self, monitor: str, observe: Optional[Callable[[float, float], bool]]) -> None:
+        self.monitor, self.observe = monitor, observe
+        self.last = (0.0, 0.0)
+        self.unreadable = False
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+        if self.observe is None or self.unreadable:
+            return
+        now = _compat.logged_sum(trainer, self.monitor)
+        if now is None:
+            self.unreadable = True
+            return
+        total, count = now[0] - self.last[0], now[1] - self.last[1]
+        self.last = now
+        if count > 0 and self.observe(total / count, count):
+            raise _Stop()
 
 
 def _keep_metrics_local(module: pl.LightningModule) -> None:

@@ -113,3 +113,13 @@ def test_latency_budgets_smoke(tmp_path, capsys, monkeypatch):
     record = json.loads((tmp_path / "latency_budgets_resnet14.json").read_text())
     assert [r["name"].split()[0] for r in record["rows"]] == ["unpruned", "latency", "flops"]
     assert (tmp_path / "latency_table_resnet14.json").exists()
+
+
+def test_search_speed_smoke(capsys):
+    """In smoke mode "the old code" is today's tree: the same candidates, fitnesses and transform."""
+    assert load("search_speed").main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("old code  ", "today, "))]
+    assert len(rows) == 3 and rows[0][5] == "1.00x"
+    assert "largest fitness difference over the 16 candidates 0.00e+00" in out and "difference 0.0e+00" in out
+    assert "one epoch of the unpruned network" in out and "400 generations: old" in out

@@ -16,6 +16,7 @@ from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.evolution import RegularizedEvolution, _float, _json_float
 from lightning_legr.core.pruner import LeGRPruner
 from lightning_legr.core.cost import check_kind
+from lightning_legr.core.rejection import EarlyRejection, Watch
 from lightning_legr.core.selection import Selection, check_budget
 from lightning_legr.core.structure import ExampleInputs
 from lightning_legr.core.transform import Transform
@@ -63,6 +64,7 @@ class Generation:
     seconds: float  # wall time of the step, per candidate
     non_finite: bool = False  # the fitness function returned NaN or an infinity
     cached: bool = False  # an earlier candidate had the same selection: its fitness was reused, not evaluated
+    rejected: bool = False  # stopped early: ``fitness`` is a low bound of its value, not the value
     split: Optional[Dict[str, float]] = None  # seconds in "prune", "evaluate" (and what the fitness names, e.g.
     # "bn"): for a candidate evaluated in this process; None for one evaluated by another worker
 
@@ -72,13 +74,14 @@ class SerialWorkers:
 
     A workers object decides how many candidates a step evaluates (``size``) and how: ``map(evaluate,
     count, digest)`` returns ``[evaluate(i) for i in range(count)]``, in order, however it spreads the
-    calls (the Lightning glue spreads them over the ranks of a distributed run). ``digest`` is the
+    calls (the Lightning glue spreads them over the ranks of a distributed run); what ``evaluate`` returns
+    is picklable (a candidate's fitness and how it was scored). ``digest`` is the
     evolution's state fingerprint, for workers that check they agree.
     """
 
     size = 1
 
-    def map(self, evaluate: Callable[[int], float], count: int, digest: str) -> List[float]:
+    def map(self, evaluate: Callable[[int], Any], count: int, digest: str) -> List[Any]:
         return [evaluate(i) for i in range(count)]
 
 
@@ -109,6 +112,12 @@ class LeGRSearch:
             that fitness without being evaluated. The fitnesses it reuses are kept in the search state, so
             a resumed search reuses them too. Leave it ``False`` for a stochastic fitness (e.g. a few
             training steps on shuffled batches): a repeat would keep its first, lucky or unlucky, value.
+        early_rejection: stop scoring a candidate once it is, with high confidence, worse than the member of
+            the population that tournaments almost never pass over (see
+            :class:`~lightning_legr.core.rejection.EarlyRejection` for the rule). The fitness then reports each
+            chunk of its data to :meth:`observe` as it goes and returns as soon as that says to stop; the
+            candidate's fitness is recorded as the bound that stopped it (``rejected`` in the records). The
+            best candidate is always scored in full. ``None``: every candidate is scored in full.
         **evolution: ``generations``, ``population``, ``sample_size``, ``mutation_rate``, ``sigma``,
             ``min_step``, ``seed`` of :class:`~lightning_legr.core.evolution.RegularizedEvolution`.
 
@@ -137,6 +146,7 @@ class LeGRSearch:
         workers: Optional[SerialWorkers] = None,
         kind: str = "flops",
         reuse_fitness: bool = False,
+        early_rejection: Optional[EarlyRejection] = None,
         **evolution: Any,
     ) -> None:
         if not callable(fitness):
@@ -146,8 +156,15 @@ class LeGRSearch:
                 f"`reuse_fitness` must be True (the fitness is deterministic in the pruned network) or False, got"
                 f" {reuse_fitness!r}"
             )
+        if early_rejection is not None and not isinstance(early_rejection, EarlyRejection):
+            raise ConfigurationError(
+                f"`early_rejection` must be an EarlyRejection or None, got {type(early_rejection).__name__}"
+            )
         self.reuse_fitness = reuse_fitness
+        self.early_rejection = early_rejection
+        self._watch: Optional[Watch] = None  # the chunks of the candidate being evaluated, when it can be stopped
         self.cache: Dict[SelectionKey, float] = {}  # fitness by selection, filled only when reuse_fitness
+        self.bounds: set = set()  # the selections whose cached fitness is the bound that rejected them
         self.records: List[Dict[str, Any]] = []  # per generation: wall time, split, whether the fitness was reused
         self._split: Dict[str, float] = {}  # the split of the candidate being evaluated
         self.notes: Dict[str, Any] = {}  # what the fitness decided once for the whole search (strict JSON), kept
@@ -185,52 +202,99 @@ class LeGRSearch:
         fresh, reused, repeats = self._plan(keys)
         cached = set(reused) | set(repeats)
         splits: Dict[int, Dict[str, float]] = {}
+        threshold = self._threshold()  # the same for every candidate of the step: workers agree on it
 
-        def evaluate(j: int) -> float:
+        def evaluate(j: int) -> Tuple[float, Optional[Dict[str, float]]]:
             i = fresh[j]
             self.evaluating = first + i
             self._split = {"prune": 0.0, "evaluate": 0.0}
-            values = []
-            for selection in selections[i]:
+            values, stopped = [], None
+            for b, selection in enumerate(selections[i]):
                 tick = time.perf_counter()
                 pruned = self.pruner.apply(selection)
                 tock = time.perf_counter()
-                values.append(float(self.fitness(pruned)))
+                last = b == len(selections[i]) - 1  # the fitness is a mean over the budgets: the last one can
+                self._watch = self._watch_last(threshold, values) if last else None  # stop, given the others
+                try:
+                    value = float(self.fitness(pruned))
+                finally:
+                    watch, self._watch = self._watch, None
+                if watch is not None and watch.rejected:
+                    value, stopped = watch.bound, {"seen": watch.seen / watch.rule.total}
+                    stopped.update(saved=watch.rule.total - watch.seen, threshold=threshold)
+                values.append(value)
                 self._split["prune"] += tock - tick
                 self._split["evaluate"] += time.perf_counter() - tock
             named = sum(v for k, v in self._split.items() if k not in ("prune", "evaluate"))
             self._split["evaluate"] = max(0.0, self._split["evaluate"] - named)  # what the fitness did not name
             splits[i] = self._split
-            return float(np.mean(values))
+            return float(np.mean(values)), stopped
 
         evaluated = self.workers.map(evaluate, len(fresh), self._digest())
         self.evaluating = None
         fitnesses = [reused.get(i, math.nan) for i in range(len(transforms))]
-        for i, value in zip(fresh, evaluated):
-            fitnesses[i] = value
+        stops: Dict[int, Optional[Dict[str, float]]] = {}
+        for i, (value, stopped) in zip(fresh, evaluated):
+            fitnesses[i], stops[i] = float(value), stopped
+        bound = {i for i in reused if keys[i] in self.bounds} | {i for i in fresh if stops[i] is not None}
         for i, earlier in repeats.items():
             fitnesses[i] = fitnesses[earlier]
+            if earlier in bound:
+                bound.add(i)
         self.evolution.tell_batch(fitnesses)
         if self.reuse_fitness:
             for i in fresh:
                 self.cache[keys[i]] = _worst_if_not_finite(fitnesses[i])
+                if i in bound:
+                    self.bounds.add(keys[i])
         self._check_some_finite()
         seconds = (time.perf_counter() - start) / len(transforms)
         for i in range(len(transforms)):  # a candidate another worker evaluated has no split here
             if i in splits or i in cached:
                 splits[i] = {"select": select_seconds, **splits.get(i, {})}
-            self.records.append(_record(first + i, seconds, i in cached, splits.get(i)))
+            record = _record(first + i, seconds, i in cached, splits.get(i))
+            if i in bound:
+                record["rejected"] = True  # its fitness is the low bound that stopped it (here or the first time)
+                record.update({k: round(v, 6) for k, v in (stops.get(i) or {}).items()})
+            self.records.append(record)
         if self.state_path:
             write_json(self.state_path, self.state_dict())
         history = self.evolution.history[first:]
         return [
             Generation(first + i, told, best, mean, chosen[0].widths, chosen[0].ratio, seconds,
-                       non_finite=not math.isfinite(fitness), cached=i in cached, split=splits.get(i))
+                       non_finite=not math.isfinite(fitness), cached=i in cached, rejected=i in bound,
+                       split=splits.get(i))
             for i, ((told, best, mean), chosen, fitness) in enumerate(zip(history, selections, fitnesses))
         ]
 
     def _select(self, budget: float, transform: Optional[Transform] = None) -> Selection:
         return self.pruner.select(transform=transform, **{self.kind: budget})
+
+    def _threshold(self) -> Optional[float]:
+        """The fitness a candidate must, with confidence, be worse than to be stopped early (None: none yet)."""
+        if self.early_rejection is None:
+            return None
+        evolution = self.evolution
+        return self.early_rejection.threshold(evolution.fitness, evolution.population, evolution.sample_size)
+
+    def _watch_last(self, threshold: Optional[float], others: List[float]) -> Optional[Watch]:
+        """A watch over the last budget's chunks: with the other budgets' exact values, the mean over all
+        is above ``threshold`` when the last one's is above ``n * threshold - sum(others)``."""
+        if self.early_rejection is None:
+            return None
+        if threshold is not None and all(math.isfinite(v) for v in others):
+            threshold = threshold * (len(others) + 1) - sum(others)
+        else:
+            threshold = None
+        return self.early_rejection.watch(threshold)
+
+    def observe(self, value: float, weight: float) -> bool:
+        """Report one chunk of the candidate's fitness data: its mean ``value`` (lower is better) and
+        ``weight`` (e.g. its number of images), in the chunk order ``early_rejection`` was given. Called by
+        the fitness during its evaluation; True: stop now and return, the candidate is rejected (its
+        recorded fitness is then the search's bound, whatever the fitness returns). Always False without
+        ``early_rejection``, and for any budget but the last of a candidate."""
+        return self._watch is not None and self._watch.observe(value, weight)
     def _plan(self, keys: List[SelectionKey]) -> Tuple[List[int], Dict[int, float], Dict[int, int]]:
         """Which of a step's candidates to evaluate; the fitness of those the cache knows; and for a repeat
         of an earlier candidate of this step, that candidate's index."""
@@ -253,7 +317,7 @@ class LeGRSearch:
             return self.evolution.digest()
         h = hashlib.sha1(self.evolution.digest().encode())
         for key, value in self.cache.items():
-            h.update(repr((key, value)).encode())
+            h.update(repr((key, value, key in self.bounds)).encode())
         return h.hexdigest()[:16]
 
     def add_split(self, part: str, seconds: float) -> None:
@@ -267,6 +331,16 @@ class LeGRSearch:
     def cache_hits(self) -> int:
         """Candidates whose fitness was reused rather than evaluated, so far (resumed runs included)."""
         return sum(1 for r in self.records if r["cached"])
+
+    @property
+    def rejections(self) -> int:
+        """Candidates stopped early so far (resumed runs included; their repeats from the cache not counted)."""
+        return sum(1 for r in self.records if r.get("rejected") and not r["cached"])
+
+    @property
+    def saved(self) -> float:
+        """The chunk weight (e.g. images) early rejection did not score, so far."""
+        return float(sum(r.get("saved", 0.0) for r in self.records))
 
     def _check_some_finite(self) -> None:
         evolution = self.evolution
@@ -316,14 +390,14 @@ class LeGRSearch:
             "round_to": self.pruner.round_to,
             "budgets": self.budgets,
             "evolution": self.evolution.state_dict(),
-            "fitness_cache": [
-                {"widths": [list(w) for w in key], "fitness": _json_float(value)} for key, value in self.cache.items()
-            ],
+            "fitness_cache": [_cache_entry(key, value, key in self.bounds) for key, value in self.cache.items()],
             "generations": self.records,
             "notes": self.notes,
         }
         if self.kind != "flops":  # states of FLOP searches stay as they were
             state["kind"] = self.kind
+        if self.early_rejection is not None:
+            state["early_rejection"] = self.early_rejection.settings()
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -334,6 +408,8 @@ class LeGRSearch:
         mine = self.state_dict()
         keys = ("groups", "criterion", "safeguard", "round_to", "budgets")
         differs = [k for k in keys if state.get(k) != mine[k]]
+        if state.get("early_rejection") != mine.get("early_rejection"):
+            differs.append("early rejection (rule or fitness chunks)")
         if state.get("kind", "flops") != self.kind:
             differs.append(f"kind of budget: {state.get('kind', 'flops')} there, {self.kind} here")
         if differs:
@@ -346,16 +422,25 @@ class LeGRSearch:
         except ValueError as err:
             raise ConfigurationError(f"{where} belongs to another search: {err} Use another path, or delete it.") from None
         # states written before the cache and the records had neither: the search goes on without them
-        self.cache = {
-            tuple(tuple(int(w) for w in widths) for widths in entry["widths"]): _float(entry["fitness"])
-            for entry in state.get("fitness_cache", [])
-        }
+        self.cache, self.bounds = {}, set()
+        for entry in state.get("fitness_cache", []):
+            key = tuple(tuple(int(w) for w in widths) for widths in entry["widths"])
+            self.cache[key] = _float(entry["fitness"])
+            if entry.get("bound"):
+                self.bounds.add(key)
         self.records = [dict(r) for r in state.get("generations", [])][: self.evolution.generation]
         self.notes = dict(state.get("notes", {}))
 
 
 def _selection_key(selections: Sequence[Any]) -> SelectionKey:
     return tuple(tuple(int(w) for w in s.widths) for s in selections)
+
+
+def _cache_entry(key: SelectionKey, value: float, bound: bool) -> Dict[str, Any]:
+    entry = {"widths": [list(w) for w in key], "fitness": _json_float(value)}
+    if bound:
+        entry["bound"] = True  # the low estimate that rejected the candidate early, not its exact fitness
+    return entry
 
 
 def _worst_if_not_finite(value: float) -> float:
