@@ -15,9 +15,10 @@ The pretrained ResNet-56 (../shared) on CIFAR-10, searched through ``LeGRCallbac
 Targets (issue: a search that costs less than two epochs): paper setting at least 2.1x fewer seconds per
 generation than the old code, with the same transform when early rejection is off; 400 generations of the
 benchmark setting in at most two epochs' time. Early rejection must reach the same best fitness as the full
-scoring within the spread of two seeds (seeds 0 and 1 of both; ``--quality 400``: a whole search too).
+scoring within the spread of two seeds (seeds 0 and 1 of both; ``--quality 400``: whole searches too).
 
-    python benchmarks/search_speed.py --quality 400   # 100-generation runs, then a whole search with early rejection
+    python benchmarks/search_speed.py --quality 400   # 100-generation runs, then whole searches with and without
+    python benchmarks/search_speed.py --seeds 0 --quality 400 --quality-seeds 0 1 --keep   # add seed 1's whole searches
     python benchmarks/search_speed.py --seeds 0       # the 100-generation runs of seed 0 only
     python benchmarks/search_speed.py --smoke         # the digits demo, seconds (used by the tests)
 
@@ -54,7 +55,8 @@ def parse(argv):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="seeds of today's paper-setting runs, with and without early rejection (the old code: 0)")
     parser.add_argument("--quality", type=int, default=0, metavar="GENERATIONS",
-                        help="also a whole search this long (e.g. 400) with early rejection, seed 0")
+                        help="also whole searches this long (e.g. 400), with and without early rejection")
+    parser.add_argument("--quality-seeds", type=int, nargs="+", default=[0], help="seeds of the whole searches")
     parser.add_argument("--keep", action="store_true", help="reuse the result files of an earlier, interrupted run")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "search_speed"))
     parser.add_argument("--smoke", action="store_true", help="the digits demo and short searches, for the tests")
@@ -238,7 +240,8 @@ def main(argv=None) -> int:
     plan += [(name, "", args.generations, seed) for seed in args.seeds for name in ("paper:full", "paper:rejection")]
     plan += [("benchmark:full", "old_", args.benchmark_generations, 0), ("benchmark:full", "", args.benchmark_generations, 0),
              ("train:steps", "", 0, 0)]
-    plan += [("paper:rejection", "long_", args.quality, 0)] if args.quality else []
+    plan += [(name, "long_", args.quality, seed) for seed in (args.quality_seeds if args.quality else [])
+             for name in ("paper:full", "paper:rejection")]
     runs = {}
     for name, tag, generations, seed in plan:  # one at a time: they are timed
         key = f"{tag.rstrip('_') + ' ' if tag else ''}{name} seed {seed}"
@@ -246,7 +249,7 @@ def main(argv=None) -> int:
         kept = args.keep and os.path.exists(path) and json.load(open(path)).get("generations", 0) == generations
         if not kept:
             wait(launch(args, name, old if tag == "old_" else ROOT, generations, seed=seed, tag=tag), key)
-        runs[key] = result(args, name, seed=seed, tag=tag)
+        runs[key] = dict(result(args, name, seed=seed, tag=tag), kept=kept)
     report(runs, args, time.perf_counter() - start)
     return 0
 
@@ -260,17 +263,20 @@ def report(runs: dict, args, wall: float) -> None:
     n = old["generations"]
     print(f"\nPaper setting: 5,000 images at batch 128, one budget 0.47, tau 0, {args.threads} threads"
           f" (wall of the whole benchmark {wall / 60:.1f} min)")
-    print(f"{'run':<40} {'gens':>5} {'search s':>9} {'s/gen':>7} {'speed-up':>9} {'cached':>7} {'rejected':>9} {'best':>8}")
+    print(f"{'run':<44} {'gens':>5} {'search s':>9} {'s/gen':>7} {'speed-up':>9} {'cached':>7} {'rejected':>9} {'best':>8}")
     old_rate = old["seconds"] / n
     rows = [("old code", old)]
     for key, r in runs.items():
         if key.startswith(("paper:", "long paper:")):
             label = f"today, early rejection {'on' if 'rejection' in key else 'off'}, seed {r['seed']}"
-            rows.append((label if key.startswith("paper") else label + " (whole search)", r))
+            rows.append((label if key.startswith("paper") else label + " (whole)", r))
+    rows = [(label + (" *" if r.get("kept") else ""), r) for label, r in rows]
     for label, r in rows:
         rate = r["seconds"] / r["generations"]
-        print(f"{label:<40} {r['generations']:>5} {r['seconds']:>9.1f} {rate:>7.3f} {old_rate / rate:>8.2f}x"
+        print(f"{label:<44} {r['generations']:>5} {r['seconds']:>9.1f} {rate:>7.3f} {old_rate / rate:>8.2f}x"
               f" {r['cached']:>7} {r['rejected']:>9} {r['best']:>8.4f}")
+    if any(r.get("kept") for _, r in rows):
+        print("* kept from an earlier run (--keep): timed then, not side by side with the old code above")
     full = runs["paper:full seed 0"]
     same = max(abs(a - b) for a, b in zip(old["history"], full["history"]))
     alpha = max(abs(a - b) for a, b in zip(old["alpha"] + old["kappa"], full["alpha"] + full["kappa"]))
@@ -281,6 +287,22 @@ def report(runs: dict, args, wall: float) -> None:
             images = r["fitness_images"] * r["generations"]
             print(f"{key}: {r['rejected']} candidates stopped, {r['saved_images']:.0f} of {images:.0f} image"
                   f" evaluations saved ({r['saved_images'] / images:.0%})")
+    whole = sorted(r["seed"] for k, r in runs.items() if k.startswith("long paper:full"))
+    for seed in whole:
+        full, cut = runs[f"long paper:full seed {seed}"], runs[f"long paper:rejection seed {seed}"]
+        at = [i for i, (a, b) in enumerate(zip(full["history"], cut["history"])) if abs(a - b) > 1e-4]
+        above = sum(cut["history"][i] > full["history"][i] for i in at)
+        print(f"whole search, seed {seed} ({full['generations']} generations, the speed-ups against the old code's"
+              f" rate above): best fitness {cut['best']:.5f} with early rejection, {full['best']:.5f} with full"
+              f" scoring; {len(at)} of {full['generations']} recorded fitnesses differ by more than 1e-4"
+              f" ({cut['rejected']} stopped, their repeats cached), {above} of them above the exact value (a bound"
+              " must be under it)")
+    if len(whole) > 1:
+        best = [runs[f"long paper:full seed {s}"]["best"] for s in whole]
+        gap = max(abs(runs[f"long paper:rejection seed {s}"]["best"] - runs[f"long paper:full seed {s}"]["best"])
+                  for s in whole)
+        print(f"whole searches, seeds {whole}: full scoring's best fitness spread {max(best) - min(best):.5f};"
+              f" early rejection's largest difference from full scoring at the same seed {gap:.5f}")
     seeds = sorted({r["seed"] for k, r in runs.items() if k.startswith("paper:")})
     if len(seeds) > 1:
         full = [runs[f"paper:full seed {s}"]["best"] for s in seeds]

@@ -117,9 +117,11 @@ def test_latency_budgets_smoke(tmp_path, capsys, monkeypatch):
 
 def test_search_speed_smoke(capsys):
     """In smoke mode "the old code" is today's tree: the same candidates, fitnesses and transform."""
-    assert load("search_speed").main(["--smoke"]) == 0
+    assert load("search_speed").main(["--smoke", "--quality", "1", "--quality-seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("old code  ", "today, "))]
-    assert len(rows) == 3 and rows[0][5] == "1.00x"
+    assert len(rows) == 3 + 4 and rows[0][5] == "1.00x" and sum("(whole)" in line for line in out.splitlines()) == 4
+    assert "whole search, seed 1 (24 generations" in out and "whole searches, seeds [0, 1]" in out
+    assert all(" 0 of them above the exact value" in line for line in out.splitlines() if "whole search," in line)
     assert "largest fitness difference over the 16 candidates 0.00e+00" in out and "difference 0.0e+00" in out
     assert "one epoch of the unpruned network" in out and "400 generations: old" in out

@@ -17,10 +17,17 @@ The rule, with the population of ``P`` members and tournaments of ``s`` drawn wi
   random sample of the ``N``; the mean of the ``N - k`` left differs from the seen mean by a standard
   error ``S * sqrt(1/k + 1/(N - k))``. The candidate is stopped when the final fitness, with the remaining
   chunks ``t`` standard errors below the seen mean, is still above ``T``, and at least ``min_share`` (20%)
-  of the chunks, and at least 8, are seen (a fitness of 8 chunks or fewer is never cut short). ``t`` is Student's quantile with ``k - 1`` degrees of freedom at the one-sided
-  level of ``z`` (3: 0.13%), since ``S`` is itself estimated from the ``k`` chunks: 4.4 at ``k = 8``,
-  3.4 at ``k = 20``. That low estimate is recorded, and told to the evolution, in place of the
-  exact value: it is a bound, above ``T``, and marked as such in the state and the logs.
+  of the chunks, and at least 8, are seen (a fitness of 8 chunks or fewer is never cut short). ``t`` is
+  Student's quantile with ``k - 1`` degrees of freedom at the one-sided level of ``z`` (3: 0.13%), since
+  ``S`` is itself estimated from the ``k`` chunks: 4.4 at ``k = 8``, 3.4 at ``k = 20``. That low estimate
+  is recorded, and told to the evolution, in place of the exact value: it is a bound, above ``T``, and
+  marked as such in the state and the logs.
+- **Paired with a reference.** Most of a chunk's loss is the chunk's own difficulty, the same for every
+  candidate: with the chunk values of a candidate scored in full (the ``reference``: the search passes its
+  best one), the watch estimates the remaining chunks of the *difference* to the reference, whose mean over
+  all chunks the reference gives exactly. The rule is the same (a simple random sample of the chunks of a
+  fixed list of numbers); ``S`` is the spread of the differences, several times smaller on a search's close
+  candidates, so hopeless ones are stopped sooner and more of them.
 
 A candidate that could be the best is never stopped by a correct bound, since ``T`` is at least the best
 fitness; stopping a candidate better than ``T`` takes an error of more than ``z`` standard errors.
@@ -64,6 +71,8 @@ class EarlyRejection:
         min_share: share of the chunks a candidate is always scored on before it can be stopped.
         share: the threshold member is the best one the tournaments pick (as the winner, or a worse one)
             with probability at most ``share``.
+        paired: estimate the remaining chunks from the differences to a reference candidate's chunk values
+            when :meth:`watch` is given one (see the module's docstring).
 
     Example::
 
@@ -73,9 +82,14 @@ class EarlyRejection:
         [False, False, False, False, False, False, False, True]
         >>> round(watch.bound, 3), watch.seen  # scored on 800 of the 2000 images
         (2.87, 800.0)
+        >>> paired = rule.watch(threshold=1.0, reference=[1.0, 0.8] * 10)  # a candidate scored in full: 0.9
+        >>> [paired.observe(v, 100) for v in [1.2, 1.0] * 4][-1], round(paired.bound, 3)  # exactly 0.2 worse
+        (True, 1.1)
     """
 
-    def __init__(self, sizes: Sequence[float], z: float = 3.0, min_share: float = 0.2, share: float = 0.01) -> None:
+    def __init__(
+        self, sizes: Sequence[float], z: float = 3.0, min_share: float = 0.2, share: float = 0.01, paired: bool = True
+    ) -> None:
         sizes = [float(s) for s in sizes]
         if not sizes or min(sizes) <= 0:
             raise ConfigurationError(f"`sizes` must list the positive weight of every chunk of the fitness, got {sizes!r}")
@@ -88,11 +102,15 @@ class EarlyRejection:
         self.sizes = sizes
         self.total = float(sum(sizes))
         self.z, self.min_share, self.share = float(z), float(min_share), float(share)
+        self.paired = bool(paired)
         self.min_chunks = max(MIN_CHUNKS, math.ceil(min_share * len(sizes)))
 
     def settings(self) -> dict:
         """The rule and the chunks, for the search state: a resumed search must stop candidates the same way."""
-        return {"sizes": self.sizes, "z": self.z, "min_share": self.min_share, "share": self.share}
+        settings = {"sizes": self.sizes, "z": self.z, "min_share": self.min_share, "share": self.share}
+        if self.paired:
+            settings["paired"] = True
+        return settings
 
     def threshold(self, fitness: Sequence[float], population: int, sample_size: int) -> Optional[float]:
         """``T`` for the members' ``fitness`` so far (None: too few finite members to name one yet)."""
@@ -100,18 +118,25 @@ class EarlyRejection:
         finite = np.sort(np.asarray([f for f in fitness if math.isfinite(f)], dtype=np.float64))
         return float(finite[rank]) if rank < len(finite) else None
 
-    def watch(self, threshold: Optional[float]) -> "Watch":
-        """A watch over one candidate's chunks (one that never stops when ``threshold`` is None)."""
-        return Watch(self, threshold)
+    def watch(self, threshold: Optional[float], reference: Optional[Sequence[float]] = None) -> "Watch":
+        """A watch over one candidate's chunks (one that never stops when ``threshold`` is None); with
+        ``paired``, ``reference`` is the value of every chunk of a candidate scored in full (or None)."""
+        usable = (
+            self.paired and reference is not None and len(reference) == len(self.sizes)
+            and all(math.isfinite(v) for v in reference)
+        )
+        return Watch(self, threshold, reference if usable else None)
 
 
 class Watch:
     """One candidate's chunks as the fitness reports them: :meth:`observe` says when to stop."""
 
-    def __init__(self, rule: EarlyRejection, threshold: Optional[float]) -> None:
+    def __init__(self, rule: EarlyRejection, threshold: Optional[float], reference: Optional[Sequence[float]] = None) -> None:
         self.rule = rule
         self.threshold = threshold
-        self.values = []
+        self.reference = None if reference is None else [float(v) for v in reference]
+        self._offset = 0.0 if reference is None else float(np.dot(self.reference, rule.sizes) / rule.total)
+        self.values = []  # the chunks' values as reported: a candidate scored in full can be the next reference
         self.weights = []
         self.rejected = False
         self.bound = math.nan  # the low estimate of the final fitness that stopped the candidate
@@ -133,10 +158,12 @@ class Watch:
         seen = self.seen
         remaining = max(0.0, self.rule.total - seen)
         x = np.asarray(self.values)
+        if self.reference is not None:  # the differences to the reference, whose mean over all is known
+            x = x - np.asarray(self.reference[:k])
         mean = float(np.dot(x, self.weights) / seen)
         spread = float(x.std(ddof=1))
         low = mean - student_quantile(self.rule.z, k - 1) * spread * math.sqrt(1.0 / k + 1.0 / (n - k))
-        bound = (mean * seen + low * remaining) / (seen + remaining)
+        bound = (mean * seen + low * remaining) / (seen + remaining) + self._offset
         if bound > self.threshold:
             self.rejected, self.bound = True, bound
         return self.rejected

@@ -165,6 +165,9 @@ class LeGRSearch:
         self._watch: Optional[Watch] = None  # the chunks of the candidate being evaluated, when it can be stopped
         self.cache: Dict[SelectionKey, float] = {}  # fitness by selection, filled only when reuse_fitness
         self.bounds: set = set()  # the selections whose cached fitness is the bound that rejected them
+        # the chunk values of the last budget of the best candidate scored in full, and its fitness: early
+        # rejection's paired reference
+        self.reference: Optional[Dict[str, Any]] = None
         self.records: List[Dict[str, Any]] = []  # per generation: wall time, split, whether the fitness was reused
         self._split: Dict[str, float] = {}  # the split of the candidate being evaluated
         self.notes: Dict[str, Any] = {}  # what the fitness decided once for the whole search (strict JSON), kept
@@ -204,17 +207,19 @@ class LeGRSearch:
         splits: Dict[int, Dict[str, float]] = {}
         threshold = self._threshold()  # the same for every candidate of the step: workers agree on it
 
-        def evaluate(j: int) -> Tuple[float, Optional[Dict[str, float]]]:
+        reference = None if self.reference is None else self.reference["chunks"]
+
+        def evaluate(j: int) -> Tuple[float, Optional[Dict[str, float]], Optional[List[float]]]:
             i = fresh[j]
             self.evaluating = first + i
             self._split = {"prune": 0.0, "evaluate": 0.0}
-            values, stopped = [], None
+            values, stopped, chunks = [], None, None
             for b, selection in enumerate(selections[i]):
                 tick = time.perf_counter()
                 pruned = self.pruner.apply(selection)
                 tock = time.perf_counter()
                 last = b == len(selections[i]) - 1  # the fitness is a mean over the budgets: the last one can
-                self._watch = self._watch_last(threshold, values) if last else None  # stop, given the others
+                self._watch = self._watch_last(threshold, values, reference) if last else None  # stop, given the others
                 try:
                     value = float(self.fitness(pruned))
                 finally:
@@ -222,20 +227,23 @@ class LeGRSearch:
                 if watch is not None and watch.rejected:
                     value, stopped = watch.bound, {"seen": watch.seen / watch.rule.total}
                     stopped.update(saved=watch.rule.total - watch.seen, threshold=threshold)
+                elif watch is not None and len(watch.values) == len(watch.rule.sizes):
+                    chunks = watch.values  # scored in full, every chunk reported: it may become the reference
                 values.append(value)
                 self._split["prune"] += tock - tick
                 self._split["evaluate"] += time.perf_counter() - tock
             named = sum(v for k, v in self._split.items() if k not in ("prune", "evaluate"))
             self._split["evaluate"] = max(0.0, self._split["evaluate"] - named)  # what the fitness did not name
             splits[i] = self._split
-            return float(np.mean(values)), stopped
+            return float(np.mean(values)), stopped, chunks
 
         evaluated = self.workers.map(evaluate, len(fresh), self._digest())
         self.evaluating = None
         fitnesses = [reused.get(i, math.nan) for i in range(len(transforms))]
         stops: Dict[int, Optional[Dict[str, float]]] = {}
-        for i, (value, stopped) in zip(fresh, evaluated):
+        for i, (value, stopped, chunks) in zip(fresh, evaluated):
             fitnesses[i], stops[i] = float(value), stopped
+            self._offer_reference(float(value), chunks)
         bound = {i for i in reused if keys[i] in self.bounds} | {i for i in fresh if stops[i] is not None}
         for i, earlier in repeats.items():
             fitnesses[i] = fitnesses[earlier]
@@ -277,7 +285,9 @@ class LeGRSearch:
         evolution = self.evolution
         return self.early_rejection.threshold(evolution.fitness, evolution.population, evolution.sample_size)
 
-    def _watch_last(self, threshold: Optional[float], others: List[float]) -> Optional[Watch]:
+    def _watch_last(
+        self, threshold: Optional[float], others: List[float], reference: Optional[List[float]] = None
+    ) -> Optional[Watch]:
         """A watch over the last budget's chunks: with the other budgets' exact values, the mean over all
         is above ``threshold`` when the last one's is above ``n * threshold - sum(others)``."""
         if self.early_rejection is None:
@@ -286,7 +296,15 @@ class LeGRSearch:
             threshold = threshold * (len(others) + 1) - sum(others)
         else:
             threshold = None
-        return self.early_rejection.watch(threshold)
+        return self.early_rejection.watch(threshold, reference)
+
+    def _offer_reference(self, fitness: float, chunks: Optional[List[float]]) -> None:
+        """Keep the chunk values of the best candidate scored in full as early rejection's paired reference
+        (every worker is told every candidate's chunks, in the same order, so they keep the same one)."""
+        if chunks is None or not math.isfinite(fitness) or not all(math.isfinite(v) for v in chunks):
+            return
+        if self.reference is None or fitness < self.reference["fitness"]:
+            self.reference = {"fitness": fitness, "chunks": [float(v) for v in chunks]}
 
     def observe(self, value: float, weight: float) -> bool:
         """Report one chunk of the candidate's fitness data: its mean ``value`` (lower is better) and
@@ -398,6 +416,10 @@ class LeGRSearch:
             state["kind"] = self.kind
         if self.early_rejection is not None:
             state["early_rejection"] = self.early_rejection.settings()
+            if self.reference is not None:
+                state["rejection_reference"] = {
+                    "fitness": _json_float(self.reference["fitness"]), "chunks": self.reference["chunks"],
+                }
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -429,6 +451,10 @@ class LeGRSearch:
             if entry.get("bound"):
                 self.bounds.add(key)
         self.records = [dict(r) for r in state.get("generations", [])][: self.evolution.generation]
+        reference = state.get("rejection_reference")
+        self.reference = None if reference is None else {
+            "fitness": _float(reference["fitness"]), "chunks": [float(v) for v in reference["chunks"]],
+        }
         self.notes = dict(state.get("notes", {}))
 
 

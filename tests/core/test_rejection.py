@@ -80,6 +80,38 @@ def test_a_candidate_better_than_the_threshold_is_not_stopped_in_any_order():
     assert above_truth <= 6  # the bound is under the true value (2.0) but in a few orders (3 standard errors)
 
 
+def test_paired_watch_stops_sooner_on_chunks_of_shared_difficulty():
+    """Constructed case: chunks whose difficulty varies far more than candidates differ (as on real data)."""
+    rng = np.random.default_rng(1)
+    difficulty = rng.normal(2.0, 1.0, 40)
+    reference = difficulty + rng.normal(0.0, 0.01, 40)  # a candidate scored in full
+    rule = EarlyRejection([1.0] * 40)
+    threshold = reference.mean() + 0.05
+    stopped_at, plain_stopped, good_stopped, above_truth = [], 0, 0, 0
+    for _ in range(200):
+        order = rng.permutation(40)
+        worse = difficulty + 0.1 + rng.normal(0.0, 0.01, 40)  # 0.05 worse than the threshold
+        better = difficulty + rng.normal(0.0, 0.01, 40)  # 0.05 better than the threshold
+        paired, plain = rule.watch(threshold, reference[order]), rule.watch(threshold)
+        good = rule.watch(threshold, reference[order])
+        stopped_at.append(next((k for k, v in enumerate(worse[order], 1) if paired.observe(v, 1)), None))
+        plain_stopped += any(plain.observe(v, 1) for v in worse[order])
+        good_stopped += any(good.observe(v, 1) for v in better[order])
+        above_truth += paired.bound > worse.mean()
+    assert stopped_at == [8] * 200  # at the earliest chunk allowed, in every order
+    assert plain_stopped < 100  # the chunks' own spread hides a 0.05 difference from the plain watch, mostly
+    assert good_stopped == 0 and above_truth <= 4
+
+
+def test_paired_watch_needs_a_full_finite_reference():
+    rule = EarlyRejection([1.0] * 20)
+    assert rule.watch(1.0, [1.0] * 20).reference == [1.0] * 20
+    assert rule.watch(1.0, [1.0] * 19).reference is None  # not every chunk: plain
+    assert rule.watch(1.0, [1.0] * 19 + [math.nan]).reference is None
+    assert EarlyRejection([1.0] * 20, paired=False).watch(1.0, [1.0] * 20).reference is None
+    assert "paired" not in EarlyRejection([1.0] * 20, paired=False).settings()
+
+
 def test_rule_checks_its_arguments():
     for kwargs in ({"sizes": []}, {"sizes": [1, 0]}, {"sizes": [1], "z": 0}, {"sizes": [1], "min_share": 0},
                    {"sizes": [1], "share": 1.0}):
@@ -149,6 +181,10 @@ def test_rejected_candidates_are_bounded_and_the_best_is_exact(rejecting):
         assert gen.fitness > record["threshold"] >= best.fitness  # stopped as worse than the threshold member
         assert exact[gen.generation][0] > record["threshold"]  # and it was: its full score is worse too
     assert search.saved == sum(search.records[g.generation]["saved"] for g in rejected) > 0
+    full = [g for g in generations if not g.rejected]  # the paired reference: the best of those scored in full
+    assert search.reference["fitness"] == min(g.fitness for g in full) == best.fitness
+    assert np.mean(search.reference["chunks"]) == pytest.approx(best.fitness, rel=1e-6)
+    assert search.state_dict()["rejection_reference"]["chunks"] == search.reference["chunks"]
     assert not any(g.rejected for g in generations[: SETTINGS["population"] - 2])  # too few members for a threshold
 
 
@@ -178,6 +214,7 @@ def test_killed_search_with_rejection_resumes_exactly(rejecting, pruner, referen
     strip = lambda records: [{k: v for k, v in r.items() if k not in ("seconds", "split")} for r in records]  # noqa: E731
     assert strip(mine["generations"]) == strip(theirs["generations"])
     assert mine["evolution"] == json.loads(json.dumps(theirs["evolution"]))
+    assert mine["rejection_reference"] == json.loads(json.dumps(theirs["rejection_reference"]))
 
 
 def test_resume_with_another_rule_is_refused(pruner, reference, tmp_path):
