@@ -45,19 +45,20 @@ def learned_transform(choice: str, pruner: LeGRPruner):
     return transform, f"LeGR, learned on FLOPs ({os.path.relpath(RECORD, bench.ROOT)})"
 
 
-def flops_of_equal_latency(pruner: LeGRPruner, transform, measured_ms: float, steps: int):
-    """The FLOP budget whose network measures closest to ``measured_ms`` (bisection along the ranking)."""
+def flops_of_equal_latency(pruner: LeGRPruner, transform, ratio: float, steps: int):
+    """The FLOP budget whose network measures closest to ``ratio`` of the unpruned latency, each timed
+    beside the unpruned network (bisection along the ranking): ``(budget, Beside)``."""
     model = pruner.cost_model("latency")
     lo, hi, best = pruner.min_budget("flops"), 1.0, None
-    budget = measured_ms / model.unpruned.median_ms
+    budget = ratio
     for _ in range(steps):
         selection = pruner.select(flops=budget, transform=transform)
-        timing = model.measure(pruner.apply(selection))
-        if best is None or abs(timing.median_ms - measured_ms) < abs(best[1].median_ms - measured_ms):
-            best = (budget, timing)
-        if abs(timing.median_ms - measured_ms) <= max(0.02 * measured_ms, timing.iqr_ms):
+        measured = model.measure_beside(pruner.apply(selection))
+        if best is None or abs(measured.ratio - ratio) < abs(best[1].ratio - ratio):
+            best = (budget, measured)
+        if abs(measured.ratio - ratio) <= max(0.02 * ratio, measured.spread):
             break
-        lo, hi = (lo, budget) if timing.median_ms > measured_ms else (budget, hi)
+        lo, hi = (lo, budget) if measured.ratio > ratio else (budget, hi)
         budget = (lo + hi) / 2
     return best
 
@@ -103,13 +104,15 @@ def main(argv=None) -> int:
         selection, fit = meet_latency(pruner, target, transform)
         networks[f"latency {target:.2f}"] = pruner.apply(selection)
         rows.append({"name": f"latency {target:.2f}", "target": target, "fit": fit.to_dict()})
-        print(f"latency {target:.2f}: target {fit.target_ms:.3f} ms, measured {fit.measured_ms:.3f} ms (IQR"
-              f" {fit.iqr_ms:.3f}), {'within' if fit.within else 'NOT within'}"
+        print(f"latency {target:.2f}: target {fit.target_ms:.3f} ms ({target:.2f} of the unpruned {fit.unpruned_ms:.3f} ms"
+              f" timed beside it), measured {fit.measured_ms:.3f} ms (IQR {fit.iqr_ms:.3f}), {fit.ratio:.3f} of the"
+              f" unpruned (IQR {fit.ratio_iqr:.3f}): {'within' if fit.within else 'NOT within'}"
               f" {'the spread' if fit.spread_limited else '5%'}; {fit.measurements} networks measured", flush=True)
-        budget, timing = flops_of_equal_latency(pruner, transform, fit.measured_ms, 4 if args.smoke else 8)
+        budget, measured = flops_of_equal_latency(pruner, transform, fit.ratio, 4 if args.smoke else 8)
         networks[f"flops {budget:.3f}"] = pruner.prune(flops=budget, transform=transform)
         rows.append({"name": f"flops {budget:.3f}", "target": target, "flops_budget": budget})
-        print(f"  FLOP budget of equal measured latency: {budget:.3f} ({timing.median_ms:.3f} ms)", flush=True)
+        print(f"  FLOP budget of equal measured latency: {budget:.3f} ({measured.network.median_ms:.3f} ms,"
+              f" {measured.ratio:.3f} of the unpruned)", flush=True)
     times = measure_latencies(networks, x, [1], threads=1, rounds=2 if args.smoke else args.rounds,
                               min_run_time=0.005 if args.smoke else 0.2, warmup=0.005 if args.smoke else 0.2)
     base_flops = count_flops(model, x)

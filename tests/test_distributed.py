@@ -120,6 +120,23 @@ def test_one_rank_of_ddp_is_the_single_process_search(tmp_path):
     assert [r["metric_before"] for r in ddp["results"]] == [r["metric_before"] for r in plain["results"]]
 
 
+@pytest.mark.slow
+def test_latency_budgets_on_two_ranks_are_timed_by_rank_zero_only(tmp_path):
+    """Rank 0 measures the table, the floor and every budget's network; the other rank times nothing and
+    ends with rank 0's figures."""
+    launch(tmp_path, "--latency-budgets", "0.6", "0.8", "--epochs", "0", "--generations", "4")
+    zero, one = ended(tmp_path)
+    assert zero["timed"]["layers"] > 0 and zero["timed"]["networks"] >= 4  # unpruned, floor, >= 1 per budget
+    assert one["timed"] == {"layers": 0, "networks": 0}
+    assert zero["results"] == one["results"] and zero["transform"] == one["transform"]
+    base, *rows = zero["results"]
+    assert [r["budget"] for r in rows] == [0.8, 0.6] and all(r["kind"] == "latency" for r in zero["results"])
+    for row in rows:
+        assert row["latency_within"] and abs(row["latency_ms"] - row["latency_target_ms"]) <= 0.05 * row["latency_target_ms"]
+    assert "legr/latency_table.json" in zero["writes"] and one["writes"] == []
+    assert [r["flops"] for r in zero["reloaded"]] == [r["flops"] for r in rows]
+
+
 # ---------------------------------------------------------------------- strategies
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
 def test_spawning_strategies_are_refused_with_what_to_use(strategy):

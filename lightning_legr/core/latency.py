@@ -8,9 +8,11 @@ timed end to end too, and the difference is the cost model's constant. Every fig
 (IQR). Layers of identical configuration and input shape are timed once.
 
 The ``latency`` kind of budget (``prune(model, x, latency=0.5)``, ``LeGRPruner.prune(latency=0.5)``)
-selects channels against the table, then measures the pruned network end to end and corrects the
-selection along the same global ranking (:func:`meet_latency`) until the measured latency lands
-within 5% of the target, or within the measurement's own spread when that is larger.
+selects channels against the table, then measures the pruned network end to end, side by side with the
+unpruned one, and corrects the selection along the same global ranking (:func:`meet_latency`) until the
+measured share of the unpruned latency lands within 5% of the budget, or within the measurement's own
+spread when that is larger. The share, not a figure in ms, is what is met: a machine's speed drifts
+between minutes, a table is cached for days, and two networks timed beside each other drift alike.
 """
 
 import copy
@@ -28,7 +30,7 @@ from lightning_legr.core.cost import LayerCost, register_cost
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import ExampleInputs, Structure, batch_of, map_tensors, run_model
 
-__all__ = ["Timing", "BenchmarkTimer", "LatencyTable", "LatencyModel", "LatencyFit", "measure_table",
+__all__ = ["Timing", "BenchmarkTimer", "Beside", "time_side_by_side", "LatencyTable", "LatencyModel", "LatencyFit", "measure_table",
            "load_or_measure_table", "measure_key", "latency_cost", "meet_latency", "latency_floor",
            "check_latency_budgets"]
 
@@ -38,11 +40,19 @@ FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0 means one channel
 
 @dataclass
 class Timing:
-    """One latency figure: median over rounds of each round's median, and the IQR over rounds (ms)."""
+    """One latency figure: median over rounds of each round's median, and the IQR over rounds (ms);
+    ``values_ms``: each round's figure, when the timer keeps them (rounds of networks timed side by side
+    pair up, round by round)."""
 
     median_ms: float
     iqr_ms: float
     rounds: int
+    values_ms: Optional[List[float]] = None
+
+    @classmethod
+    def of(cls, values_ms: Sequence[float]) -> "Timing":
+        q1, q3 = np.percentile(values_ms, [25, 75])
+        return cls(float(statistics.median(values_ms)), float(q3 - q1), len(values_ms), [float(v) for v in values_ms])
 
 
 Timer = Callable[[nn.Module, ExampleInputs], Timing]
@@ -71,15 +81,56 @@ class BenchmarkTimer:
                 "min_run_time": self.min_run_time, "warmup": self.warmup}
 
     def __call__(self, module: nn.Module, inputs: ExampleInputs) -> Timing:
-        def timer() -> benchmark.Timer:
+        return self.side_by_side([module], inputs)[0]
+
+    def side_by_side(self, modules: Sequence[nn.Module], inputs: ExampleInputs) -> List[Timing]:
+        """Time several networks interleaved: each warmed up, then ``rounds`` rounds that time every network
+        once, in alternating order, so that a slow spell of the machine slows all of them, not one."""
+
+        def timer(module: nn.Module) -> benchmark.Timer:
             return benchmark.Timer(stmt="run(m, x)", globals={"run": run_model, "m": module, "x": inputs},
                                    num_threads=self.threads)
 
+        times: List[List[float]] = [[] for _ in modules]
         with torch.inference_mode():
-            timer().blocked_autorange(min_run_time=self.warmup)
-            times = [1000 * timer().blocked_autorange(min_run_time=self.min_run_time).median for _ in range(self.rounds)]
-        q1, q3 = np.percentile(times, [25, 75])
-        return Timing(float(statistics.median(times)), float(q3 - q1), self.rounds)
+            for module in modules:
+                timer(module).blocked_autorange(min_run_time=self.warmup)
+            for r in range(self.rounds):
+                order = range(len(modules)) if r % 2 == 0 else reversed(range(len(modules)))
+                for i in order:
+                    times[i].append(1000 * timer(modules[i]).blocked_autorange(min_run_time=self.min_run_time).median)
+        return [Timing.of(t) for t in times]
+
+
+def time_side_by_side(timer: Timer, modules: Sequence[nn.Module], inputs: ExampleInputs) -> List[Timing]:
+    """``modules`` timed interleaved when ``timer`` can (``timer.side_by_side``, as :class:`BenchmarkTimer`),
+    else one after another (a deterministic timer, e.g. in tests, needs nothing more)."""
+    compare = getattr(timer, "side_by_side", None)
+    return compare(modules, inputs) if compare is not None else [timer(m, inputs) for m in modules]
+
+
+@dataclass
+class Beside:
+    """A network timed side by side with the unpruned one: both timings, and the network's share of the
+    unpruned latency (``ratio``) with its spread. The machine's speed drifts between minutes (10-20% seen
+    on a shared CPU); measured beside each other, both drift alike, so their ratio is what to trust."""
+
+    network: Timing
+    unpruned: Timing
+
+    @property
+    def ratio(self) -> float:
+        return self.network.median_ms / self.unpruned.median_ms
+
+    @property
+    def spread(self) -> float:
+        """The IQR of the round-by-round ratios (a slow spell cancels within a round), or, where the timer
+        keeps no rounds, the network's IQR over the unpruned median."""
+        mine, theirs = self.network.values_ms, self.unpruned.values_ms
+        if mine and theirs and len(mine) == len(theirs):
+            q1, q3 = np.percentile(np.asarray(mine) / np.asarray(theirs), [25, 75])
+            return float(q3 - q1)
+        return self.network.iqr_ms / self.unpruned.median_ms
 
 
 class _LayerCalls(nn.Module):
@@ -311,6 +362,14 @@ def latency_cost(
     model.setting = setting
     model.unpruned = Timing(table.network["median_ms"], table.network["iqr_ms"], table.network["rounds"])
     model.measure = lambda module: timer(copy.deepcopy(module).to(device).eval(), inputs)
+
+    def measure_beside(module: nn.Module) -> Beside:
+        unpruned, network = time_side_by_side(
+            timer, [copy.deepcopy(m).to(device).eval() for m in (structure.model, module)], inputs
+        )
+        return Beside(network, unpruned)
+
+    model.measure_beside = measure_beside
     return model
 
 
@@ -321,8 +380,11 @@ register_cost("latency", latency_cost)
 class LatencyFit:
     """How a latency budget was met: the target, what the chosen network measured end to end, and how.
 
-    ``within`` says whether the measured latency landed within ``tolerance_ms`` of the target: 5% of it,
-    or the measurement's own spread (IQR) when that is larger (``spread_limited`` then).
+    Every network is timed side by side with the unpruned one (interleaved rounds), and the budget is a
+    share of the unpruned latency *measured beside it* (``unpruned_ms``): the host's drift between minutes
+    cancels. ``within`` says whether the measured latency landed within ``tolerance_ms`` of the target: 5%
+    of it, or the measurement's own spread (the IQR of the round-by-round ratios, in ms of the unpruned
+    network) when that is larger (``spread_limited`` then).
     """
 
     budget: float
@@ -334,8 +396,10 @@ class LatencyFit:
     spread_limited: bool
     table_budget: float  # the budget against the table that gave the chosen selection
     measurements: int
-    unpruned_ms: float
+    unpruned_ms: float  # the unpruned network, timed beside the chosen one
     setting: Dict[str, Any]
+    ratio: float  # measured_ms / unpruned_ms
+    ratio_iqr: float  # the spread of that ratio over the rounds
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -343,10 +407,10 @@ class LatencyFit:
 
 def meet_latency(pruner: Any, budget: float, transform: Any = None, tolerance: float = 0.05, max_steps: int = 8):
     """``(selection, LatencyFit)`` for a latency budget: the selection against the table, corrected by
-    measuring the pruned network end to end and bisecting along the same global ranking (a budget
-    against the table, in ``[floor, 1]``) until the measured latency is within ``tolerance`` of
-    ``budget`` x the unpruned latency, or the measurement's spread when larger; otherwise the closest
-    one found in ``max_steps`` measurements (``within=False``).
+    measuring the pruned network end to end, side by side with the unpruned one, and bisecting along the
+    same global ranking (a budget against the table, in ``[floor, 1]``) until the measured share of the
+    unpruned latency is within ``tolerance`` of ``budget``, or the measurement's spread when larger;
+    otherwise the closest one found in ``max_steps`` measurements (``within=False``).
 
     Raises:
         ConfigurationError: the target is below the reachable floor: the network pruned as far as the
@@ -356,57 +420,59 @@ def meet_latency(pruner: Any, budget: float, transform: Any = None, tolerance: f
 
     budget = check_budget(budget, "latency")
     model = pruner.cost_model("latency")
-    unpruned = model.unpruned.median_ms
-    target = budget * unpruned
     lowest = pruner.min_budget("latency")
-    cache: Dict[tuple, Timing] = {}
+    cache: Dict[tuple, Beside] = {}
 
     def measure(table_budget: float):
         selection = pruner.select(transform=transform, latency=table_budget)
         key = tuple(int(w) for w in selection.widths)
         if key not in cache:
-            cache[key] = model.measure(pruner.apply(selection))
+            cache[key] = model.measure_beside(pruner.apply(selection))
         return selection, cache[key]
 
-    def band(t: Timing) -> float:
-        return max(tolerance * target, t.iqr_ms)
+    def band(measured: Beside) -> float:  # in shares of the unpruned latency
+        return max(tolerance * budget, measured.spread)
 
     floor_selection, floor = measure(lowest)
     _check_floor(model, budget, floor, tolerance)
     lo, hi, table_budget = lowest, 1.0, max(budget, lowest)
-    best = (abs(floor.median_ms - target), floor_selection, floor, lowest)
+    best = (abs(floor.ratio - budget), floor_selection, floor, lowest)
     for _ in range(max_steps):
-        selection, timing = measure(table_budget)
-        if abs(timing.median_ms - target) < best[0]:
-            best = (abs(timing.median_ms - target), selection, timing, table_budget)
-        if abs(timing.median_ms - target) <= band(timing):
+        selection, measured = measure(table_budget)
+        miss = abs(measured.ratio - budget)
+        if miss < best[0]:
+            best = (miss, selection, measured, table_budget)
+        if miss <= band(measured):
             break
-        if timing.median_ms > target:
+        if measured.ratio > budget:
             hi = table_budget
         else:
             lo = table_budget
         if hi - lo < 1e-4:
             break
         table_budget = (lo + hi) / 2
-    _, selection, timing, table_budget = best
+    miss, selection, measured, table_budget = best
+    unpruned = measured.unpruned.median_ms
     fit = LatencyFit(
-        budget=budget, target_ms=target, measured_ms=timing.median_ms, iqr_ms=timing.iqr_ms, tolerance_ms=band(timing),
-        within=abs(timing.median_ms - target) <= band(timing), spread_limited=timing.iqr_ms > tolerance * target,
-        table_budget=float(table_budget), measurements=len(cache), unpruned_ms=unpruned, setting=dict(model.setting),
+        budget=budget, target_ms=budget * unpruned, measured_ms=measured.network.median_ms,
+        iqr_ms=measured.network.iqr_ms, tolerance_ms=band(measured) * unpruned, within=miss <= band(measured),
+        spread_limited=measured.spread > tolerance * budget, table_budget=float(table_budget),
+        measurements=len(cache), unpruned_ms=unpruned, setting=dict(model.setting), ratio=measured.ratio,
+        ratio_iqr=measured.spread,
     )
     return selection, fit
 
 
-def latency_floor(pruner: Any) -> Timing:
-    """The measured latency of the network pruned as far as the safeguard allows (the same channels go
-    whatever the ranking): no latency budget can go below it."""
+def latency_floor(pruner: Any) -> Beside:
+    """The network pruned as far as the safeguard allows (the same channels go whatever the ranking),
+    measured beside the unpruned one: no latency budget can go below it."""
     lowest = pruner.select(latency=pruner.min_budget("latency"))
-    return pruner.cost_model("latency").measure(pruner.apply(lowest))
+    return pruner.cost_model("latency").measure_beside(pruner.apply(lowest))
 
 
-def check_latency_budgets(pruner: Any, budgets: Sequence[float], tolerance: float = 0.05) -> Timing:
+def check_latency_budgets(pruner: Any, budgets: Sequence[float], tolerance: float = 0.05) -> Beside:
     """Refuse, with the floor in the message, latency budgets below the measured floor (one measurement);
-    the floor's timing."""
+    the floor's measurement."""
     from lightning_legr.core.selection import check_budget
 
     model, floor = pruner.cost_model("latency"), latency_floor(pruner)
@@ -415,15 +481,15 @@ def check_latency_budgets(pruner: Any, budgets: Sequence[float], tolerance: floa
     return floor
 
 
-def _check_floor(model: LatencyModel, budget: float, floor: Timing, tolerance: float) -> None:
-    unpruned = model.unpruned.median_ms
-    target = budget * unpruned
-    if floor.median_ms - max(tolerance * target, floor.iqr_ms) > target:
+def _check_floor(model: LatencyModel, budget: float, floor: Beside, tolerance: float) -> None:
+    if floor.ratio - max(tolerance * budget, floor.spread) > budget:
+        unpruned = floor.unpruned.median_ms
         raise ConfigurationError(
-            f"A latency budget of {budget:g} ({target:.3f} ms {_describe_setting(model.setting)}) cannot be reached: the"
-            f" network pruned as far as the safeguard allows runs in {floor.median_ms:.3f} ms (IQR {floor.iqr_ms:.3f}),"
-            f" {floor.median_ms / unpruned:.3f} of the unpruned {unpruned:.3f} ms: per-layer overhead that removing"
-            f" channels cannot remove. Raise the budget to {floor.median_ms / unpruned:.3f} or more, or lower `safeguard`."
+            f"A latency budget of {budget:g} ({budget * unpruned:.3f} ms {_describe_setting(model.setting)}) cannot be"
+            f" reached: the network pruned as far as the safeguard allows runs in {floor.network.median_ms:.3f} ms"
+            f" (IQR {floor.network.iqr_ms:.3f}), {floor.ratio:.3f} of the unpruned {unpruned:.3f} ms measured beside"
+            " it: per-layer overhead that removing channels cannot remove. Raise the budget to"
+            f" {floor.ratio:.3f} or more, or lower `safeguard`."
         )
 
 

@@ -119,6 +119,35 @@ def test_a_latency_budget_is_corrected_to_within_5_percent_of_the_measured_targe
     assert fit["within"] and fit["setting"]["batch_size"] == 4
 
 
+class DriftingTimer(NetworkTimer):
+    """The machine slows down by ``factor`` once the table is measured (its last timing is the unpruned
+    network's): every later network takes ``factor`` times as long."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def __call__(self, module, inputs) -> Timing:
+        timing = super().__call__(module, inputs)
+        if isinstance(module, _LayerCalls) or self.networks == 1:
+            return timing
+        return Timing(self.factor * timing.median_ms, 0.0, 1)
+
+
+def test_a_latency_budget_is_a_share_of_the_unpruned_latency_measured_beside_it():
+    """A cached table's unpruned figure goes stale when the machine's speed drifts; the target does not."""
+    x = torch.randn(1, 3, 32, 32)
+    timer = DriftingTimer(factor=1.4)
+    pruner = LeGRPruner(vgg_small(), x, cost_options={"latency": {"timer": timer}})
+    table_ms = pruner.cost_model("latency").total
+    small = pruner.prune(latency=0.6)
+    fit = pruning_record(small)["steps"][-1]["fit"]
+    assert fit["unpruned_ms"] == pytest.approx(1.4 * table_ms)  # timed beside the pruned network, slowed alike
+    assert fit["within"] and abs(fit["ratio"] - 0.6) <= 0.05 * 0.6
+    true_ratio = _true_ms(NetworkTimer(), small, x) / _true_ms(NetworkTimer(), vgg_small(), x)
+    assert abs(true_ratio - 0.6) <= 0.05 * 0.6  # measured against the stale 1.0x figure it would be 0.6 / 1.4
+
+
 def test_a_latency_target_below_the_floor_is_refused_with_the_floor():
     x = torch.randn(1, 3, 32, 32)
     timer = NetworkTimer(overhead=100.0, scale=1.0)  # per-network overhead no pruning removes
@@ -149,6 +178,8 @@ def test_latency_budget_with_the_real_timer_on_a_tiny_net(tmp_path):
     small = pruner.prune(latency=0.9)
     fit = pruning_record(small)["steps"][-1]["fit"]
     assert fit["measured_ms"] > 0 and fit["tolerance_ms"] >= 0.05 * fit["target_ms"]
+    assert fit["unpruned_ms"] > 0 and fit["ratio"] == pytest.approx(fit["measured_ms"] / fit["unpruned_ms"])
+    assert fit["target_ms"] == pytest.approx(0.9 * fit["unpruned_ms"]) and fit["ratio_iqr"] >= 0
     table = json.loads(cache.read_text())
-    assert table["network"]["median_ms"] == pytest.approx(fit["unpruned_ms"])
+    assert table["network"]["median_ms"] > 0
     assert table["key"]["setting"]["threads"] == 1 and table["key"]["setting"]["batch_size"] == 1

@@ -30,6 +30,8 @@ parser.add_argument("--generations", type=int, default=9)
 parser.add_argument("--finetune-epochs", type=int, default=1)
 parser.add_argument("--die-after-steps", type=int, default=None, help="every rank exits at once, as under kill -9")
 parser.add_argument("--die-in-finetune", type=int, default=None, help="... at the start of this fine-tuning epoch")
+parser.add_argument("--latency-budgets", type=float, nargs="+", default=None,
+                    help="latency budgets instead of FLOP budgets, timed by a deterministic timer that counts its calls")
 args = parser.parse_args()
 
 writes = []
@@ -54,6 +56,20 @@ if args.die_after_steps is not None:
     LeGRSearch.step = dying_step
 
 
+timed = {"layers": 0, "networks": 0}  # what this rank's latency timer measured
+if args.latency_budgets is not None:
+    import lightning_legr.core.latency as latency_module
+    from lightning_legr.core.latency import _LayerCalls
+    from tests.core.test_latency import NetworkTimer
+
+    class CountingTimer(NetworkTimer):
+        def __call__(self, module, inputs):
+            timed["layers" if isinstance(module, _LayerCalls) else "networks"] += 1
+            return super().__call__(module, inputs)
+
+    latency_module.BenchmarkTimer = lambda threads=1, rounds=5: CountingTimer(overhead=0.02, scale=1.5)
+
+
 class Counting(DigitsClassifier):
     """Counts this rank's training steps, and dies on demand at the start of a fine-tuning epoch."""
 
@@ -68,8 +84,9 @@ class Counting(DigitsClassifier):
         if finetuning and self.current_epoch == args.die_in_finetune:
             os._exit(9)
 
+budgets = dict(flops=[0.4, 0.7]) if args.latency_budgets is None else dict(latency_budgets=args.latency_budgets)
 callback = LeGRCallback(
-    flops=[0.4, 0.7], dirpath=os.path.join(args.root, "legr"), generations=args.generations, population=4,
+    **budgets, dirpath=os.path.join(args.root, "legr"), generations=args.generations, population=4,
     sample_size=2, finetune_epochs=args.finetune_epochs, latency=False, seed=3,
     memory_format="contiguous",  # separate runs are compared bit for bit: no timing decides how they evaluate
 )
@@ -92,4 +109,5 @@ with open(os.path.join(args.root, f"rank{rank}.json"), "w") as f:
     json.dump({
         "rank": rank, "world_size": trainer.world_size, "results": callback.results,
         "transform": callback.transform.to_dict(), "writes": writes, "reloaded": reloaded, "steps": Counting.steps,
+        "timed": timed,
     }, f)
