@@ -152,16 +152,20 @@ def _config(module: nn.Module) -> Dict[str, Any]:
             "dilation": list(module.dilation), "groups": module.groups, "bias": module.bias is not None}
 
 
-def _resized(module: nn.Module, c_in: int, c_out: int) -> Optional[nn.Module]:
-    """A fresh layer like ``module`` with ``c_in`` / ``c_out`` channels, or None if it cannot be resized
-    (a grouped conv: timed at its full width only)."""
+def _resized(module: nn.Module, c_in: int, c_out: int) -> nn.Module:
+    """A fresh layer like ``module`` with ``c_in`` / ``c_out`` channels, as pruning leaves it: a depthwise
+    convolution keeps one group per channel (both sides are one channel group: ``min(c_in, c_out)``); a grouped
+    one keeps its groups, each narrower (widths rounded to whole multiples of the groups)."""
     if isinstance(module, nn.Linear):
         return nn.Linear(c_in, c_out, bias=module.bias is not None)
-    if module.groups != 1:
-        return None
+    groups = module.groups
+    if groups > 1 and groups == module.in_channels == module.out_channels:  # depthwise
+        c_in = c_out = groups = min(c_in, c_out)
+    elif groups > 1:
+        c_in, c_out = (max(groups, groups * round(c / groups)) for c in (c_in, c_out))
     layer = copy.deepcopy(module)
-    layer.in_channels, layer.out_channels = c_in, c_out
-    shape = (c_in, c_out) if module.transposed else (c_out, c_in)
+    layer.in_channels, layer.out_channels, layer.groups = c_in, c_out, groups
+    shape = (c_in, c_out // groups) if module.transposed else (c_out, c_in // groups)
     layer.weight = nn.Parameter(torch.randn(*shape, *module.kernel_size))
     if module.bias is not None:
         layer.bias = nn.Parameter(torch.randn(c_out))
@@ -232,28 +236,27 @@ def measure_table(
     for name in structure.layer_positions:
         module = named[name]
         config = _config(module)
-        resizable = _resized(module, 1, 1) is not None
-        gi = _grid(config["in"], resizable and name in shrinks_in)
-        go = _grid(config["out"], resizable and name in shrinks_out)
+        depthwise = 1 < config.get("groups", 1) == config["in"] == config["out"]  # its two sides shrink together
+        gi = _grid(config["in"], name in shrinks_in or (depthwise and name in shrinks_out))
+        go = _grid(config["out"], name in shrinks_out or (depthwise and name in shrinks_in))
         median, iqr = [], []
         for c_in in gi:
             row_m, row_i = [], []
             for c_out in go:
-                key = repr((config, shapes[name], c_in, c_out))
+                layer = _resized(module, c_in, c_out)
+                width = layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+                key = repr((_config(layer), shapes[name]))  # a depthwise layer's (c_in, c_out) share their min
                 if key not in done:
-                    layer = _resized(module, c_in, c_out) if resizable else copy.deepcopy(module)
-                    layer = _LayerCalls(layer).to(device).eval()
-                    xs = tuple(torch.randn(*s[:-1], c_in) if isinstance(module, nn.Linear)
-                               else torch.randn(s[0], c_in, *s[2:]) for s in shapes[name])
-                    done[key] = timer(layer, tuple(x.to(device) for x in xs))
+                    xs = tuple(torch.randn(*s[:-1], width) if isinstance(module, nn.Linear)
+                               else torch.randn(s[0], width, *s[2:]) for s in shapes[name])
+                    done[key] = timer(_LayerCalls(layer).to(device).eval(), tuple(x.to(device) for x in xs))
                 row_m.append(done[key].median_ms)
                 row_i.append(done[key].iqr_ms)
             median.append(row_m)
             iqr.append(row_i)
         layers.append({"name": name, "config": config, "input_shapes": [list(s) for s in shapes[name]],
                        "in_widths": gi, "out_widths": go, "median_ms": median, "iqr_ms": iqr})
-    key = {"layers": [[l["name"], l["config"], l["input_shapes"]] for l in layers], "device": device,
-           "setting": describe or {}, "fractions": list(FRACTIONS), "torch": torch.__version__}
+    key = _key([[l["name"], l["config"], l["input_shapes"]] for l in layers], device, describe)
     network = timer(copy.deepcopy(structure.model).to(device).eval(), inputs)
     return LatencyTable(key, layers, {"median_ms": network.median_ms, "iqr_ms": network.iqr_ms, "rounds": network.rounds})
 
@@ -283,8 +286,13 @@ def measure_key(structure: Structure, inputs: ExampleInputs, device: str = "cpu"
     """The ``key`` a table measured now would have, without timing anything."""
     named = dict(structure.model.named_modules())
     shapes = _record_inputs(structure, inputs)
-    rows = [[n, _config(named[n]), [list(s) for s in shapes[n]]] for n in structure.layer_positions]
-    return {"layers": rows, "device": device, "setting": describe or {}, "fractions": list(FRACTIONS),
+    return _key([[n, _config(named[n]), [list(s) for s in shapes[n]]] for n in structure.layer_positions], device,
+                describe)
+
+
+def _key(rows: List[list], device: str, describe: Optional[dict]) -> Dict[str, Any]:
+    # "grid" 2: grouped and depthwise layers are timed at every width too (tables before timed them at full width)
+    return {"layers": rows, "device": device, "setting": describe or {}, "fractions": list(FRACTIONS), "grid": 2,
             "torch": torch.__version__}
 
 

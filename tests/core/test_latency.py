@@ -183,3 +183,31 @@ def test_latency_budget_with_the_real_timer_on_a_tiny_net(tmp_path):
     table = json.loads(cache.read_text())
     assert table["network"]["median_ms"] > 0
     assert table["key"]["setting"]["threads"] == 1 and table["key"]["setting"]["batch_size"] == 1
+
+
+@pytest.mark.parametrize("name, kind", [("mobilenet_v2_small", "depthwise"), ("resnext_c4", "grouped")])
+def test_grouped_and_depthwise_layers_are_timed_at_the_widths_pruning_leaves(name, kind):
+    """A depthwise layer shrinks on both sides at once (one group per channel); a grouped one keeps its groups,
+    each narrower: the table times them so, at every width of the grid, not at full width only."""
+    from tests.models import build
+    from tests.zoo import build_zoo
+
+    model = build(name) if name in ("mobilenet_v2_small",) else build_zoo(name)
+    x = torch.randn(1, 3, 32, 32)
+    structure = Structure(model, x)
+    table = load_or_measure_table(None, structure, x, FakeTimer())
+    named = dict(model.named_modules())
+    rows = [(r, layer) for r, layer in enumerate(table.layers) if getattr(named[layer["name"]], "groups", 1) > 1]
+    assert rows
+    for r, layer in rows:
+        module = named[layer["name"]]
+        depthwise = module.groups == module.in_channels == module.out_channels
+        assert depthwise == (kind == "depthwise") and len(layer["in_widths"]) == len(layer["out_widths"]) == 5
+        full = table.latency(r, np.array(float(module.in_channels)), np.array(float(module.out_channels)))
+        half_in, half_out = module.in_channels // 2, module.out_channels // 2
+        half = table.latency(r, np.array(float(half_in)), np.array(float(half_out)))
+        assert half < full
+        if depthwise:  # exactly a depthwise conv of that many channels
+            out = module(torch.randn(*layer["input_shapes"][0])).shape[-2:].numel()
+            c = layer["in_widths"][2]
+            assert np.isclose(table.latency(r, np.array(float(c)), np.array(float(c))), 0.01 + 1e-6 * 9 * c * out)
