@@ -1,5 +1,6 @@
-"""Speed of the algorithm core: channel selection and one search candidate, on CIFAR ResNet-56 (option A)
-and on a ResNeXt-29-style network of similar FLOPs (grouped 3x3 convolutions, cardinality 8).
+"""Speed of the algorithm core: channel selection and one search candidate, on CIFAR ResNet-56 (option A),
+on a ResNeXt-29-style network of similar FLOPs (grouped 3x3 convolutions, cardinality 8), and on the
+ResNet-56 inside the example's LightningModule (what LeGRCallback copies and prunes for every candidate).
 
 Targets (issues: core engine, 10): choosing the channels for one budget < 10 ms; one search candidate,
 from transform to a pruned model ready to evaluate, < 100 ms. Also checks the pruned FLOPs with ptflops.
@@ -134,6 +135,12 @@ def main(argv=None):
           f" {torch.get_num_threads()} threads")
     ok = measure(f"ResNet-56 ({source})", resnet, repeats)
     ok = measure("ResNeXt-29-style (8 groups, random init)", resnext, repeats) and ok
+    # what LeGRCallback prunes: the user's LightningModule (here the example's), copied whole with its network
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+    from cifar10 import CIFARClassifier
+
+    module = CIFARClassifier(depth=56, weights=WEIGHTS if os.path.exists(WEIGHTS) else None)
+    ok = measure(f"ResNet-56 in the example's LightningModule ({source})", module, repeats) and ok
     print("targets met" if ok else "TARGETS MISSED")
     return 0 if ok or args.smoke else 1
 

@@ -10,10 +10,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from lightning_legr.core._io import atomic_path, write_json
-from lightning_legr.core.structure import ExampleInputs, batch_of, map_tensors, run_model
+from lightning_legr.core.latency import interleaved_rounds
+from lightning_legr.core.structure import ExampleInputs, batch_of, map_tensors
 
 __all__ = ["Latency", "measure_latency", "measure_latencies", "batch_of", "format_table", "write_results", "plot_metric",
            "plot_widths"]
@@ -84,26 +84,12 @@ def measure_latencies(
     prepared = {name: _prepared(m) for name, m in models.items()}
     example = map_tensors(example_inputs, lambda t: t.detach().cpu().contiguous())
     inputs = {b: batch_of(example, b) for b in batch_sizes}
-    samples: Dict[tuple, List[float]] = {(n, b): [] for n in prepared for b in batch_sizes}
-    with torch.inference_mode():
-        for name in prepared:  # the first calls of a network are slow (allocations, caches): not measured
-            for b in batch_sizes:
-                benchmark.Timer(
-                    stmt="run(model, x)", globals={"run": run_model, "model": prepared[name], "x": inputs[b]},
-                    num_threads=threads,
-                ).blocked_autorange(min_run_time=warmup)
-        for r in range(rounds):
-            for name in list(prepared) if r % 2 == 0 else list(reversed(prepared)):
-                for b in batch_sizes:
-                    timer = benchmark.Timer(
-                        stmt="run(model, x)", globals={"run": run_model, "model": prepared[name], "x": inputs[b]},
-                        num_threads=threads,
-                    )
-                    samples[(name, b)].append(1000 * timer.blocked_autorange(min_run_time=min_run_time).median)
+    pairs = [(n, b) for n in prepared for b in batch_sizes]
+    times = interleaved_rounds([(prepared[n], inputs[b]) for n, b in pairs], threads, rounds, min_run_time, warmup)
     result: Dict[str, Dict[int, Latency]] = {}
-    for (name, b), times in samples.items():
-        q1, q3 = np.percentile(times, [25, 75])
-        result.setdefault(name, {})[b] = Latency(statistics.median(times), float(q3 - q1), rounds, b, threads)
+    for (name, b), figures in zip(pairs, times):
+        q1, q3 = np.percentile(figures, [25, 75])
+        result.setdefault(name, {})[b] = Latency(statistics.median(figures), float(q3 - q1), rounds, b, threads)
     return result
 
 

@@ -18,7 +18,7 @@ between minutes, a table is cached for days, and two networks timed beside each 
 import copy
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from lightning_legr.core.cost import LayerCost, register_cost
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import ExampleInputs, Structure, batch_of, map_tensors, run_model
 
-__all__ = ["Timing", "BenchmarkTimer", "Beside", "time_side_by_side", "LatencyTable", "LatencyModel", "LatencyFit", "measure_table",
+__all__ = ["Timing", "BenchmarkTimer", "Beside", "time_side_by_side", "interleaved_rounds", "LatencyTable", "LatencyModel", "LatencyFit", "measure_table",
            "load_or_measure_table", "measure_key", "latency_cost", "meet_latency", "latency_floor",
            "check_latency_budgets"]
 
@@ -84,22 +84,34 @@ class BenchmarkTimer:
         return self.side_by_side([module], inputs)[0]
 
     def side_by_side(self, modules: Sequence[nn.Module], inputs: ExampleInputs) -> List[Timing]:
-        """Time several networks interleaved: each warmed up, then ``rounds`` rounds that time every network
-        once, in alternating order, so that a slow spell of the machine slows all of them, not one."""
+        """Time several networks interleaved (see :func:`interleaved_rounds`), so that a slow spell of the
+        machine slows all of them, not one."""
+        rounds = interleaved_rounds([(m, inputs) for m in modules], self.threads, self.rounds, self.min_run_time,
+                                    self.warmup)
+        return [Timing.of(r) for r in rounds]
 
-        def timer(module: nn.Module) -> benchmark.Timer:
-            return benchmark.Timer(stmt="run(m, x)", globals={"run": run_model, "m": module, "x": inputs},
-                                   num_threads=self.threads)
 
-        times: List[List[float]] = [[] for _ in modules]
-        with torch.inference_mode():
-            for module in modules:
-                timer(module).blocked_autorange(min_run_time=self.warmup)
-            for r in range(self.rounds):
-                order = range(len(modules)) if r % 2 == 0 else reversed(range(len(modules)))
-                for i in order:
-                    times[i].append(1000 * timer(modules[i]).blocked_autorange(min_run_time=self.min_run_time).median)
-        return [Timing.of(t) for t in times]
+def interleaved_rounds(
+    calls: Sequence[Tuple[Any, ExampleInputs]], threads: int, rounds: int, min_run_time: float, warmup: float
+) -> List[List[float]]:
+    """Milliseconds per call of ``run_model(network, inputs)`` for every pair of ``calls``, in inference mode
+    with :mod:`torch.utils.benchmark` (which synchronises CUDA): each pair first runs ``warmup`` seconds
+    unmeasured (allocations, caches), then ``rounds`` rounds time every pair once (``blocked_autorange``), in
+    alternating order. A list of the round figures per pair."""
+
+    def timer(network: Any, inputs: ExampleInputs) -> benchmark.Timer:
+        return benchmark.Timer(stmt="run(m, x)", globals={"run": run_model, "m": network, "x": inputs},
+                               num_threads=threads)
+
+    times: List[List[float]] = [[] for _ in calls]
+    with torch.inference_mode():
+        for network, inputs in calls:
+            timer(network, inputs).blocked_autorange(min_run_time=warmup)
+        for r in range(rounds):
+            for i in (range(len(calls)) if r % 2 == 0 else reversed(range(len(calls)))):
+                network, inputs = calls[i]
+                times[i].append(1000 * timer(network, inputs).blocked_autorange(min_run_time=min_run_time).median)
+    return times
 
 
 def time_side_by_side(timer: Timer, modules: Sequence[nn.Module], inputs: ExampleInputs) -> List[Timing]:
