@@ -48,6 +48,8 @@ from cifar10 import BatchTransform, load_image_folder  # noqa: E402
 from lightning_legr import LeGRPruner, LeGRSearch, Transform, count_flops, count_params  # noqa: E402
 from lightning_legr.core._io import write_json  # noqa: E402
 from lightning_legr.core.calibration import recalibrate_batchnorm  # noqa: E402
+from lightning_legr.core.fastpath import FastPath  # noqa: E402
+from lightning_legr.core.rejection import EarlyRejection  # noqa: E402
 from lightning_legr.models import cifar_resnet  # noqa: E402
 from lightning_legr.report import measure_latencies  # noqa: E402
 from lightning_legr.core.shortcuts import ZeroPadShortcut, ZeroPadShortcutPruner  # noqa: E402
@@ -205,10 +207,15 @@ def recalibrate(model: nn.Module, train: Split, images: int = BN_IMAGES) -> nn.M
 
 # ---------------------------------------------------------------------- methods
 def fitness_function(val: Split, train: Split, tau: int, tau_lr: float, seed: int,
-                     bn_images: int = SEARCH_BN_IMAGES) -> Callable[[nn.Module], float]:
+                     bn_images: int = SEARCH_BN_IMAGES, fast: Optional[FastPath] = None,
+                     chunk: Optional[int] = None) -> Callable[[nn.Module], float]:
     """Validation loss of a candidate: BatchNorm recalibrated (unless bn_images = 0), then ``tau`` SGD
     steps (batch 64) if tau > 0, after which the statistics are recalibrated again: training updates
-    them with momentum 0.1, so after a few steps they mix the old network's and the new one's."""
+    them with momentum 0.1, so after a few steps they mix the old network's and the new one's.
+
+    The fast search (tau = 0): ``fast`` prepares the recalibrated candidate (BatchNorm folded, channels_last;
+    the same numbers to 1e-5) and ``chunk`` scores it in chunks of that many images, each reported to the
+    search (``fitness.search.observe``) so that early rejection can stop it."""
     counter = {"n": 0}
 
     def fitness(pruned: nn.Module) -> float:
@@ -219,20 +226,42 @@ def fitness_function(val: Split, train: Split, tau: int, tau_lr: float, seed: in
             sgd_steps(pruned, train, tau, tau_lr, 64, seed + counter["n"])
             if bn_images:
                 recalibrate(pruned, train, bn_images)
-        return evaluate(pruned, val)[0]
+        if fast is None:
+            return evaluate(pruned, val)[0]
+        pruned.eval()
+        if fast.decision is None:  # decided once, on a throw-away copy of the first candidate
+            fast.decide(copy.deepcopy(pruned), next(val.batches(chunk or 500))[0])
+        fast.prepare(pruned)
+        layout = torch.channels_last if fast.decision["memory_format"] == "channels_last" else torch.contiguous_format
+        total, seen = 0.0, 0
+        with torch.inference_mode():
+            for x, y in val.batches(chunk or len(val)):
+                loss = F.cross_entropy(pruned(x.contiguous(memory_format=layout)), y, reduction="sum").item()
+                total, seen = total + loss, seen + len(y)
+                if fitness.search is not None and fitness.search.observe(loss / len(y), len(y)):
+                    break  # stopped early: the search records its bound instead
+        return total / seen
 
+    fitness.search = None
     return fitness
 
 
 def legr_transform(model, x, search_budgets, val, train, generations, population, sample_size, tau, tau_lr, seed,
-                   bn_images=SEARCH_BN_IMAGES, state_path=None):
+                   bn_images=SEARCH_BN_IMAGES, state_path=None, fast_search=False, chunk=25):
+    """The learned transform. ``fast_search`` (tau = 0 only): the library's faster search, exact fitness reuse,
+    the evaluation fast path, and early rejection on chunks of ``chunk`` held-out images."""
     pruner = LeGRPruner(model, x)
+    fast = fast_search and tau == 0
+    fitness = fitness_function(val, train, tau, tau_lr, seed, bn_images, FastPath("channels_last") if fast else None,
+                               chunk if fast else None)
+    rejection = EarlyRejection([min(chunk, len(val) - i) for i in range(0, len(val), chunk)]) if fast else None
     search = LeGRSearch(
-        pruner, fitness_function(val, train, tau, tau_lr, seed, bn_images), search_budgets, state_path=state_path,
+        pruner, fitness, search_budgets, state_path=state_path,
         generations=generations, population=min(population, generations),
         sample_size=min(sample_size, population, generations),
-        seed=seed,
+        seed=seed, reuse_fitness=fast, early_rejection=rejection,
     )
+    fitness.search = search
     start = time.perf_counter()
 
     def progress(gen):
@@ -241,7 +270,8 @@ def legr_transform(model, x, search_budgets, val, train, generations, population
                   f" {time.perf_counter() - start:.0f} s", flush=True)
 
     transform = search.run(progress)
-    return pruner, transform, time.perf_counter() - start, search.evolution.history
+    stats = dict(cache_hits=search.cache_hits, rejections=search.rejections, saved_images=search.saved) if fast else {}
+    return pruner, transform, time.perf_counter() - start, search.evolution.history, stats
 
 
 def tp_global(model: nn.Module, x: torch.Tensor, budget: float) -> nn.Module:
@@ -289,6 +319,10 @@ def main(argv=None) -> int:
     parser.add_argument("--search-flops", type=float, nargs="+",
                         help="budgets whose mean fitness scores a legr candidate (default: the two smallest)")
     parser.add_argument("--fitness-images", type=int, default=500, help="held-out images scoring a candidate")
+    parser.add_argument("--search", choices=["fast", "plain"], default="fast",
+                        help="tau = 0 searches: 'fast' (fitness reuse, BatchNorm folded, early rejection on chunks of"
+                             " --chunk images) or 'plain' (every candidate scored in full at batch 500, as before)")
+    parser.add_argument("--chunk", type=int, default=25, help="held-out images per chunk of the fast search")
     parser.add_argument("--tau", type=int, default=20, help="SGD steps (batch 64) per candidate for legr_tau")
     parser.add_argument("--tau-lr", type=float, default=0.003)
     parser.add_argument("--tau-generations", type=int, default=40, help="legr_tau search length")
@@ -315,6 +349,7 @@ def main(argv=None) -> int:
     depth = 8 if args.smoke else 56
     settings = dict(depth=depth, budgets=args.budgets, generations=args.generations, search_flops=search_flops,
                     fitness_images=args.fitness_images, search_bn_images=SEARCH_BN_IMAGES, tau=args.tau,
+                    **({"search": "fast", "chunk": args.chunk} if args.search == "fast" else {}),
                     tau_lr=args.tau_lr, tau_generations=args.tau_generations, tau_population=args.tau_population)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"{args.name or ('smoke' if args.smoke else f'cifar10_{args.recipe}')}.json")
@@ -387,18 +422,20 @@ def main(argv=None) -> int:
         if os.path.exists(state) and not args.resume:
             os.remove(state)
         resumed = os.path.exists(state)
-        pruner, transform, seconds, history = legr_transform(
+        pruner, transform, seconds, history, stats = legr_transform(
             model, x, search_budgets, fitness_val, train, generations, population, sample_size, tau, args.tau_lr, 0,
-            bn_images, state)
+            bn_images, state, fast_search=args.search == "fast", chunk=args.chunk)
         searches[method] = dict(seconds=seconds, generations=generations, population=population, tau=tau,
                                 search_flops=search_budgets, bn_images=bn_images, history=history,
-                                transform=transform.to_dict())
+                                transform=transform.to_dict(), **stats)
         if resumed:  # then seconds counts this process's part of the search only
             searches[method]["resumed_mid_search"] = True
         save(complete=False)
         os.remove(state)
         print(f"{method} search (tau={tau}, {generations} generations, budgets {search_budgets}): {seconds / 60:.1f} min,"
-              f" best fitness {transform.info['fitness']:.4f}", flush=True)
+              f" best fitness {transform.info['fitness']:.4f}"
+              + (f"; {stats['cache_hits']} cached, {stats['rejections']} stopped early,"
+                 f" {stats['saved_images']:.0f} image evaluations saved" if stats else ""), flush=True)
         return lambda b: pruner.prune(b, transform)
 
     teacher = logits_of(model, train) if recipe.distill > 0 else None
