@@ -15,6 +15,7 @@ median and IQR), and their test accuracy is taken after BatchNorm recalibration 
 """
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -29,9 +30,8 @@ sys.path.insert(0, bench.ROOT)
 
 from lightning_legr import LeGRPruner, Transform, count_flops  # noqa: E402
 from lightning_legr.core._io import write_json  # noqa: E402
-from lightning_legr.core.latency import BenchmarkTimer, meet_latency  # noqa: E402
+from lightning_legr.core.latency import BenchmarkTimer, Beside, meet_latency  # noqa: E402
 from lightning_legr.models import cifar_resnet  # noqa: E402
-from lightning_legr.report import measure_latencies  # noqa: E402
 
 RECORD = os.path.join(bench.HERE, "results", "cifar10_short.json")
 
@@ -113,22 +113,24 @@ def main(argv=None) -> int:
         rows.append({"name": f"flops {budget:.3f}", "target": target, "flops_budget": budget})
         print(f"  FLOP budget of equal measured latency: {budget:.3f} ({measured.network.median_ms:.3f} ms,"
               f" {measured.ratio:.3f} of the unpruned)", flush=True)
-    times = measure_latencies(networks, x, [1], threads=1, rounds=2 if args.smoke else args.rounds,
-                              min_run_time=0.005 if args.smoke else 0.2, warmup=0.005 if args.smoke else 0.2)
+    final = BenchmarkTimer(threads=1, rounds=2 if args.smoke else args.rounds, min_run_time=0.005 if args.smoke else 0.2,
+                           warmup=0.005 if args.smoke else 0.2)
+    names = list(networks)
+    times = dict(zip(names, final.side_by_side([copy.deepcopy(networks[n]).eval() for n in names], x)))
     base_flops = count_flops(model, x)
-    print("\n| network | FLOPs kept | latency @1, 1 thread (median ± IQR, side by side) | of unpruned |"
-          " test acc. after BN recalibration |")
+    print("\n| network | FLOPs kept | latency @1, 1 thread (median ± IQR, side by side) | of unpruned (paired rounds,"
+          " median ± IQR) | test acc. after BN recalibration |")
     print("|---|---:|---:|---:|---:|")
     for row in rows:
         net = networks[row["name"]]
         if row["name"] != "unpruned":
             bench.recalibrate(net, train)
-        latency = times[row["name"]][1]
+        latency, share = times[row["name"]], Beside(times[row["name"]], times["unpruned"])
         row.update(flops_ratio=count_flops(net, x) / base_flops, latency_ms=latency.median_ms,
-                   latency_iqr_ms=latency.iqr_ms, acc=bench.evaluate(net, test)[1])
-        row["latency_ratio"] = latency.median_ms / times["unpruned"][1].median_ms
+                   latency_iqr_ms=latency.iqr_ms, latency_ratio=share.ratio, latency_ratio_iqr=share.spread,
+                   acc=bench.evaluate(net, test)[1])
         print(f"| {row['name']} | {row['flops_ratio']:.3f} | {latency.median_ms:.3f} ± {latency.iqr_ms:.3f} ms |"
-              f" {row['latency_ratio']:.3f} | {row['acc']:.2f}% |", flush=True)
+              f" {share.ratio:.3f} ± {share.spread:.3f} | {row['acc']:.2f}% |", flush=True)
     for target in args.targets:
         lat, flop = [r for r in rows if r["target"] == target]
         print(f"target {target:.2f}: latency budget {lat['acc']:.2f}% at {lat['latency_ms']:.3f} ms; FLOP budget"

@@ -130,17 +130,24 @@ class Beside:
     network: Timing
     unpruned: Timing
 
+    def _paired(self) -> Optional[np.ndarray]:
+        mine, theirs = self.network.values_ms, self.unpruned.values_ms
+        return np.asarray(mine) / np.asarray(theirs) if mine and theirs and len(mine) == len(theirs) else None
+
     @property
     def ratio(self) -> float:
-        return self.network.median_ms / self.unpruned.median_ms
+        """The median of the round-by-round ratios (a slow spell cancels within a round), or, where the timer
+        keeps no rounds, the ratio of the medians."""
+        paired = self._paired()
+        return float(np.median(paired)) if paired is not None else self.network.median_ms / self.unpruned.median_ms
 
     @property
     def spread(self) -> float:
-        """The IQR of the round-by-round ratios (a slow spell cancels within a round), or, where the timer
-        keeps no rounds, the network's IQR over the unpruned median."""
-        mine, theirs = self.network.values_ms, self.unpruned.values_ms
-        if mine and theirs and len(mine) == len(theirs):
-            q1, q3 = np.percentile(np.asarray(mine) / np.asarray(theirs), [25, 75])
+        """The IQR of the round-by-round ratios, or, where the timer keeps no rounds, the network's IQR over the
+        unpruned median."""
+        paired = self._paired()
+        if paired is not None:
+            q1, q3 = np.percentile(paired, [25, 75])
             return float(q3 - q1)
         return self.network.iqr_ms / self.unpruned.median_ms
 
@@ -402,9 +409,10 @@ class LatencyFit:
 
     Every network is timed side by side with the unpruned one (interleaved rounds), and the budget is a
     share of the unpruned latency *measured beside it* (``unpruned_ms``): the host's drift between minutes
-    cancels. ``within`` says whether the measured latency landed within ``tolerance_ms`` of the target: 5%
-    of it, or the measurement's own spread (the IQR of the round-by-round ratios, in ms of the unpruned
-    network) when that is larger (``spread_limited`` then).
+    cancels. ``ratio`` is that share, the median of the round-by-round ratios; ``within`` says whether it
+    landed within 5% of the budget, or within the measurement's own spread (the IQR of those ratios) when
+    that is larger (``spread_limited`` then). In ms: ``target_ms`` is the budget times ``unpruned_ms``,
+    ``tolerance_ms`` the band times ``unpruned_ms``, ``measured_ms`` the network's median.
     """
 
     budget: float
@@ -418,8 +426,8 @@ class LatencyFit:
     measurements: int
     unpruned_ms: float  # the unpruned network, timed beside the chosen one
     setting: Dict[str, Any]
-    ratio: float  # measured_ms / unpruned_ms
-    ratio_iqr: float  # the spread of that ratio over the rounds
+    ratio: float  # the network's share of the unpruned latency: the median of the round-by-round ratios
+    ratio_iqr: float  # their IQR
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
