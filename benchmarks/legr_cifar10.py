@@ -371,7 +371,7 @@ def main(argv=None) -> int:
     model.eval()
     x = torch.zeros(1, 3, 32, 32)
     base_flops, base_params = count_flops(model, x), count_params(model)
-    base_latency = latency_of(model, x)  # before evaluate(), which leaves the weights channels-last
+    base_latency = latency_of(model, x, args.smoke)  # before evaluate(), which leaves the weights channels-last
     base_loss, base_acc = evaluate(model, test)
     print(f"data: {source}; train {len(train)}, held-out {len(val)} (fitness uses {len(fitness_val)}), test {len(test)}")
     print(f"unpruned: {base_flops / 1e6:.2f} MFLOPs, {base_params / 1e3:.1f}K params, test acc {base_acc:.2f}%")
@@ -448,7 +448,7 @@ def main(argv=None) -> int:
         prune_to = pruning_for(method)
         for budget in dict.fromkeys(b for b, _ in todo):
             pruned = recalibrate(prune_to(budget), train)
-            flops, latency = count_flops(pruned, x), latency_of(pruned, x)
+            flops, latency = count_flops(pruned, x), latency_of(pruned, x, args.smoke)
             _, acc_pruned = evaluate(pruned, test)
             for seed in [s for b, s in todo if b == budget]:
                 tuned = copy.deepcopy(pruned)
@@ -477,9 +477,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def latency_of(model: nn.Module, x: torch.Tensor) -> Tuple[float, float]:
-    """Median CPU forward time in ms at batch 1 and 64 (one thread, contiguous layout, three rounds)."""
-    times = measure_latencies({"model": model}, x, (1, 64), threads=1, rounds=3)["model"]
+def latency_of(model: nn.Module, x: torch.Tensor, smoke: bool = False) -> Tuple[float, float]:
+    """Median CPU forward time in ms at batch 1 and 64 (one thread, contiguous layout, three rounds; in smoke
+    mode two short ones: the figures only need to exist)."""
+    timing = dict(rounds=2, min_run_time=0.005, warmup=0.005) if smoke else dict(rounds=3)
+    times = measure_latencies({"model": model}, x, (1, 64), threads=1, **timing)["model"]
     return times[1].median_ms, times[64].median_ms
 
 
