@@ -30,9 +30,9 @@ from lightning_legr.core.cost import LayerCost, register_cost
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import ExampleInputs, Structure, batch_of, map_tensors, run_model
 
-__all__ = ["Timing", "BenchmarkTimer", "Beside", "time_side_by_side", "interleaved_rounds", "LatencyTable", "LatencyModel", "LatencyFit", "measure_table",
-           "load_or_measure_table", "measure_key", "latency_cost", "meet_latency", "latency_floor",
-           "check_latency_budgets"]
+__all__ = ["Timing", "BenchmarkTimer", "Beside", "time_side_by_side", "interleaved_rounds", "LatencyTable",
+           "LatencyModel", "LatencyFit", "measure_table", "load_or_measure_table", "measure_key", "latency_cost",
+           "meet_latency", "latency_floor", "check_latency_budgets"]
 
 FORMAT = "lightning-legr/latency-table"
 FRACTIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # 0 means one channel
@@ -321,7 +321,8 @@ class LatencyModel(LayerCost):
     the constant, so ``total`` equals the measured unpruned latency. Selection then works against it
     like against FLOPs; :func:`meet_latency` corrects a selection by measuring the pruned network.
 
-    ``measure(module)`` (set by :func:`latency_cost`) times a network end to end at the table's setting."""
+    ``measure_beside(module)`` (set by :func:`latency_cost`) times a network end to end at the table's setting,
+    side by side with the unpruned one (a :class:`Beside`)."""
 
     kind = "latency"
     unit = "latency (as the table predicts it)"
@@ -388,7 +389,6 @@ def latency_cost(
     model = LatencyModel(structure, table, table.network["median_ms"])
     model.setting = setting
     model.unpruned = Timing(table.network["median_ms"], table.network["iqr_ms"], table.network["rounds"])
-    model.measure = lambda module: timer(copy.deepcopy(module).to(device).eval(), inputs)
 
     def measure_beside(module: nn.Module) -> Beside:
         unpruned, network = time_side_by_side(
