@@ -2,11 +2,12 @@
 
 For latency targets of ``--targets`` (default 70% and 50%) of the unpruned network's batch-1 CPU latency
 at one thread, the package's latency kind selects channels against a per-layer latency table (built once,
-cached in ``--out``), measures the pruned network end to end and corrects the selection along the same
-global ranking until the measured latency is within 5% of the target (or the measurement's spread).
-For each latency network, a FLOP-budget network of equal measured latency is found by bisecting the
-FLOP budget along the same ranking. All networks are then timed side by side (interleaved rounds,
-median and IQR), and their test accuracy is taken after BatchNorm recalibration on 512 training images
+cached in ``--out``), measures the pruned network end to end, side by side with the unpruned one, and
+corrects the selection along the same global ranking until its share of the unpruned latency (the median
+of the round-by-round ratios) is within 5% of the target (or the measurement's spread). For each latency
+network, a FLOP-budget network of equal measured share is found by bisecting the FLOP budget along the
+same ranking. All networks are then timed side by side (interleaved rounds; median and IQR, and each
+one's paired share of the unpruned), and their test accuracy is taken after BatchNorm recalibration on 512 training images
 (no fine-tuning). The ranking is the LeGR transform learned on FLOPs in
 ``benchmarks/results/cifar10_short.json`` when present (``--transform identity``: plain global L2).
 
@@ -21,7 +22,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 import legr_cifar10 as bench

@@ -3,16 +3,14 @@
 import copy
 import csv
 import io
-import statistics
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from lightning_legr.core._io import atomic_path, write_json
-from lightning_legr.core.latency import interleaved_rounds
+from lightning_legr.core.latency import Timing, interleaved_rounds
 from lightning_legr.core.structure import ExampleInputs, batch_of, map_tensors
 
 __all__ = ["Latency", "measure_latency", "measure_latencies", "batch_of", "format_table", "write_results", "plot_metric",
@@ -88,8 +86,8 @@ def measure_latencies(
     times = interleaved_rounds([(prepared[n], inputs[b]) for n, b in pairs], threads, rounds, min_run_time, warmup)
     result: Dict[str, Dict[int, Latency]] = {}
     for (name, b), figures in zip(pairs, times):
-        q1, q3 = np.percentile(figures, [25, 75])
-        result.setdefault(name, {})[b] = Latency(statistics.median(figures), float(q3 - q1), rounds, b, threads)
+        timing = Timing.of(figures)
+        result.setdefault(name, {})[b] = Latency(timing.median_ms, timing.iqr_ms, rounds, b, threads)
     return result
 
 
@@ -159,9 +157,14 @@ def format_table(rows: Sequence[Dict[str, Any]], monitor: str, where: Optional[s
     for r in rows:  # latency budgets: what each network measured end to end against its target
         if r.get("latency_target_ms") is not None:
             how = "within" if r.get("latency_within") else "NOT within"
+            share = ""
+            if r.get("latency_unpruned_ms") is not None:  # rows of runs before shares were judged side by side lack it
+                share = (f", {r['latency_ratio']:.3f} of the unpruned {r['latency_unpruned_ms']:.3f} ms timed beside it"
+                         f" (IQR {r['latency_ratio_iqr']:.3f})")
             notes.append(
-                f"latency {r['budget']:.2f}: {r['latency_ms']:.3f} ms (IQR {r.get('latency_iqr_ms', 0):.3f}) measured,"
-                f" target {r['latency_target_ms']:.3f} ms, {how} {'its spread' if r.get('latency_spread_limited') else '5%'}"
+                f"latency {r['budget']:.2f}: {r['latency_ms']:.3f} ms (IQR {r.get('latency_iqr_ms', 0):.3f}) measured"
+                f"{share}, target {r['latency_target_ms']:.3f} ms, {how}"
+                f" {'its spread' if r.get('latency_spread_limited') else '5%'}"
             )
     timed = next((r for r in rows if r.get("latency_threads")), None)
     if timed is not None:

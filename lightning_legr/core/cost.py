@@ -20,7 +20,8 @@ from torch import nn
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import Structure
 
-__all__ = ["LayerCost", "BilinearCost", "COST_KINDS", "register_cost", "cost_factory", "check_kind"]
+__all__ = ["LayerCost", "BilinearCost", "COST_KINDS", "register_cost", "cost_factory", "check_kind", "is_depthwise",
+           "channel_widths"]
 
 
 class LayerCost:
@@ -177,8 +178,25 @@ def _per_group_share(module: nn.Module, role: str) -> float:
     per_group_side = "out" if module.transposed else "in"
     if role != per_group_side:
         return 1.0
-    depthwise = module.groups == module.out_channels
-    return 0.0 if depthwise else 1.0 / module.groups
+    return 0.0 if is_depthwise(module) else 1.0 / module.groups
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A convolution with one group per output channel (torch-pruning's depthwise: its input and output
+    channels are one channel group, and its groups shrink with its channels)."""
+    return isinstance(module, nn.modules.conv._ConvNd) and 1 < module.groups == module.out_channels
+
+
+def channel_widths(module: nn.Module, inp: np.ndarray, out: np.ndarray):
+    """The layer's (input, output) *channels* from a row's ``in`` / ``out`` widths, which count a conv's
+    per-group side divided by its groups (``in_channels / groups``; 1 for a depthwise conv, whose input
+    channels follow its output channels)."""
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+        return inp, out
+    per_group = module.in_channels // module.groups  # input channels per group (1 for a plain depthwise conv)
+    if module.transposed:  # weight (in, out / groups): the output side is the per-group one
+        return (inp, inp / per_group) if is_depthwise(module) else (inp, out * module.groups)
+    return (out * per_group, out) if is_depthwise(module) else (inp * module.groups, out)
 
 
 # ---------------------------------------------------------------------- kinds of budget

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils import benchmark
 
 from lightning_legr.core._io import PathLike, read_json, write_json
-from lightning_legr.core.cost import LayerCost, register_cost
+from lightning_legr.core.cost import LayerCost, channel_widths, is_depthwise, register_cost
 from lightning_legr.core.errors import ConfigurationError
 from lightning_legr.core.structure import ExampleInputs, Structure, batch_of, map_tensors, run_model
 
@@ -173,13 +173,16 @@ def _config(module: nn.Module) -> Dict[str, Any]:
 
 def _resized(module: nn.Module, c_in: int, c_out: int) -> nn.Module:
     """A fresh layer like ``module`` with ``c_in`` / ``c_out`` channels, as pruning leaves it: a depthwise
-    convolution keeps one group per channel (both sides are one channel group: ``min(c_in, c_out)``); a grouped
-    one keeps its groups, each narrower (widths rounded to whole multiples of the groups)."""
+    convolution keeps one group per output channel, each with its input channels (its two sides are one channel
+    group: the narrower decides); a grouped one keeps its groups, each narrower (widths rounded to whole
+    multiples of the groups)."""
     if isinstance(module, nn.Linear):
         return nn.Linear(c_in, c_out, bias=module.bias is not None)
     groups = module.groups
-    if groups > 1 and groups == module.in_channels == module.out_channels:  # depthwise
-        c_in = c_out = groups = min(c_in, c_out)
+    if is_depthwise(module):  # one group per output channel, each with its input channels
+        per_group = module.in_channels // groups
+        groups = c_out = max(1, min(round(c_in / per_group), c_out))
+        c_in = per_group * c_out
     elif groups > 1:
         c_in, c_out = (max(groups, groups * round(c / groups)) for c in (c_in, c_out))
     layer = copy.deepcopy(module)
@@ -255,7 +258,7 @@ def measure_table(
     for name in structure.layer_positions:
         module = named[name]
         config = _config(module)
-        depthwise = 1 < config.get("groups", 1) == config["in"] == config["out"]  # its two sides shrink together
+        depthwise = is_depthwise(module)  # its two sides shrink together
         gi = _grid(config["in"], name in shrinks_in or (depthwise and name in shrinks_out))
         go = _grid(config["out"], name in shrinks_out or (depthwise and name in shrinks_in))
         median, iqr = [], []
@@ -339,7 +342,10 @@ class LatencyModel(LayerCost):
 
     def layer_costs(self, inp: np.ndarray, out: np.ndarray) -> np.ndarray:
         inp, out = np.asarray(inp, float), np.asarray(out, float)
-        return np.stack([self.table.latency(r, inp[..., r], out[..., r]) for r in range(len(self.layer_names))], -1)
+        return np.stack([  # the table is by channels; a row's widths count a conv's per-group side divided
+            self.table.latency(r, *channel_widths(module, inp[..., r], out[..., r]))
+            for r, module in enumerate(self.modules)
+        ], -1)
 
     def meet(self, pruner: Any, budget: float, transform: Any = None):
         """The measured correction of a selection (see :func:`meet_latency`)."""
@@ -390,10 +396,12 @@ def latency_cost(
     model.setting = setting
     model.unpruned = Timing(table.network["median_ms"], table.network["iqr_ms"], table.network["rounds"])
 
+    reference: List[nn.Module] = []  # the unpruned network, copied once for every measurement beside it
+
     def measure_beside(module: nn.Module) -> Beside:
-        unpruned, network = time_side_by_side(
-            timer, [copy.deepcopy(m).to(device).eval() for m in (structure.model, module)], inputs
-        )
+        if not reference:
+            reference.append(copy.deepcopy(structure.model).to(device).eval())
+        unpruned, network = time_side_by_side(timer, [reference[0], copy.deepcopy(module).to(device).eval()], inputs)
         return Beside(network, unpruned)
 
     model.measure_beside = measure_beside

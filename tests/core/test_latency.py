@@ -159,6 +159,28 @@ def test_a_latency_budget_is_a_share_of_the_unpruned_latency_measured_beside_it(
     assert abs(true_ratio - 0.6) <= 0.05 * 0.6  # measured against the stale 1.0x figure it would be 0.6 / 1.4
 
 
+class RoundDriftTimer(NetworkTimer):
+    """Times networks side by side in rounds, and the machine's speed changes from round to round (x1 to x3),
+    alike for every network of a round: only the paired rounds show how the networks compare."""
+
+    factors = (1.0, 3.0, 1.5, 2.5, 1.2)
+
+    def side_by_side(self, modules, inputs):
+        return [Timing.of([self(m, inputs).median_ms * f for f in self.factors]) for m in modules]
+
+
+def test_a_latency_budget_is_judged_on_the_paired_rounds():
+    x = torch.randn(1, 3, 32, 32)
+    pruner = LeGRPruner(vgg_small(), x, cost_options={"latency": {"timer": RoundDriftTimer()}})
+    small = pruner.prune(latency=0.6)
+    fit = pruning_record(small)["steps"][-1]["fit"]
+    assert fit["iqr_ms"] > 0.5 * fit["measured_ms"]  # each network's rounds spread widely ...
+    assert fit["ratio_iqr"] == pytest.approx(0.0, abs=1e-12)  # ... their ratios do not
+    assert fit["within"] and not fit["spread_limited"] and abs(fit["ratio"] - 0.6) <= 0.05 * 0.6
+    true_ratio = _true_ms(NetworkTimer(), small, x) / _true_ms(NetworkTimer(), vgg_small(), x)
+    assert abs(true_ratio - 0.6) <= 0.05 * 0.6
+
+
 def test_a_latency_target_below_the_floor_is_refused_with_the_floor():
     x = torch.randn(1, 3, 32, 32)
     timer = NetworkTimer(overhead=100.0, scale=1.0)  # per-network overhead no pruning removes
@@ -225,3 +247,39 @@ def test_grouped_and_depthwise_layers_are_timed_at_the_widths_pruning_leaves(nam
             out = module(torch.randn(*layer["input_shapes"][0])).shape[-2:].numel()
             c = layer["in_widths"][2]
             assert np.isclose(table.latency(r, np.array(float(c)), np.array(float(c))), 0.01 + 1e-6 * 9 * c * out)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_small", "resnext_c4"])
+def test_the_latency_model_reads_grouped_and_depthwise_rows_by_channels(name):
+    """The cost model's rows count a conv's per-group side divided by its groups; the table counts channels.
+    Removing channels that feed a grouped or depthwise layer must cost what the table says for that layer at
+    the channels left, and less than at full width."""
+    from lightning_legr.core.latency import LatencyModel
+    from tests.models import build
+    from tests.zoo import build_zoo
+
+    model = build(name) if name == "mobilenet_v2_small" else build_zoo(name)
+    x = torch.randn(1, 3, 32, 32)
+    structure = Structure(model, x)
+    latency = LatencyModel(structure, load_or_measure_table(None, structure, x, FakeTimer()), network_ms=100.0)
+    named = dict(model.named_modules())
+    full = latency.layer_costs(*latency.widths(np.zeros(structure.num_channels)))
+    checked = 0
+    for group in structure.groups:
+        grouped = {m.target for m in group.members if getattr(named[m.target], "groups", 1) > 1}
+        half = (group.width // 2) // group.step * group.step
+        if not grouped or half == 0:
+            continue
+        removed = np.zeros(structure.num_channels)
+        removed[structure.offsets[group.index] + np.arange(half)] = 1
+        costs = latency.layer_costs(*latency.widths(removed))
+        for target in grouped:
+            module, roles = named[target], {m.role for m in group.members if m.target == target}
+            depthwise = module.groups == module.out_channels
+            c_in = module.in_channels - (half if "in" in roles or depthwise else 0)
+            c_out = module.out_channels - (half if "out" in roles or depthwise else 0)
+            r = latency.layer_names.index(target)
+            assert np.isclose(costs[r], latency.table.latency(r, np.array(float(c_in)), np.array(float(c_out)))), target
+            assert costs[r] < full[r], target
+            checked += 1
+    assert checked
