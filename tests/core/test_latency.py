@@ -221,6 +221,21 @@ def test_latency_budget_with_the_real_timer_on_a_tiny_net(tmp_path):
     assert table["key"]["setting"]["threads"] == 1 and table["key"]["setting"]["batch_size"] == 1
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on the CPU machines)")
+def test_latency_budget_on_cuda_is_timed_and_met_on_cuda(tmp_path):
+    x = torch.randn(1, 3, 16, 16, device="cuda")
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).cuda()
+    fast = BenchmarkTimer(rounds=3, min_run_time=0.005, warmup=0.005)
+    cache = tmp_path / "latency_table.json"
+    small = LeGRPruner(net, x, cost_options={"latency": {"timer": fast, "cache": cache}}).prune(latency=0.9)
+    assert {p.device.type for p in small.parameters()} == {"cuda"}
+    fit = pruning_record(small)["steps"][-1]["fit"]
+    assert fit["setting"]["device"].startswith("cuda") and fit["unpruned_ms"] > 0 and fit["measured_ms"] > 0
+    assert json.loads(cache.read_text())["key"]["device"].startswith("cuda")
+    assert small(x).shape == (1, 10)
+
+
 @pytest.mark.parametrize("name, kind", [("mobilenet_v2_small", "depthwise"), ("resnext_c4", "grouped")])
 def test_grouped_and_depthwise_layers_are_timed_at_the_widths_pruning_leaves(name, kind):
     """A depthwise layer shrinks on both sides at once (one group per channel); a grouped one keeps its groups,
