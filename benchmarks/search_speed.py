@@ -121,18 +121,19 @@ def search(args, setting, variant, model, data, budgets, batches, bn, population
 
     from lightning_legr import LeGRCallback
 
-    options = dict(
-        flops=budgets, search_flops=budgets, generations=args.generations, population=population,
-        sample_size=sample_size, fitness_batches=batches, bn_batches=bn, finetune_epochs=0, latency=False,
-        seed=args.seed, dirpath=os.path.join(tempfile.mkdtemp(prefix="legr_speed_"), "legr"),
-    )
-    accepted = inspect.signature(LeGRCallback).parameters
-    if "early_rejection" in accepted:  # today's code: its defaults, and early rejection as the variant says
-        options["early_rejection"] = variant == "rejection"
-    callback = LeGRCallback(**options)
-    trainer = pl.Trainer(max_epochs=0, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=os.path.dirname(out))
-    trainer.fit(model, datamodule=data)
+    with tempfile.TemporaryDirectory(prefix="legr_speed_") as run_dir:  # the run's checkpoints: not kept
+        options = dict(
+            flops=budgets, search_flops=budgets, generations=args.generations, population=population,
+            sample_size=sample_size, fitness_batches=batches, bn_batches=bn, finetune_epochs=0, latency=False,
+            seed=args.seed, dirpath=os.path.join(run_dir, "legr"),
+        )
+        accepted = inspect.signature(LeGRCallback).parameters
+        if "early_rejection" in accepted:  # today's code: its defaults, and early rejection as the variant says
+            options["early_rejection"] = variant == "rejection"
+        callback = LeGRCallback(**options)
+        trainer = pl.Trainer(max_epochs=0, callbacks=[callback], accelerator="cpu", devices=1, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=run_dir)
+        trainer.fit(model, datamodule=data)
     state = timing.pop("state")
     records = state.get("generations", [])
     evolution = state["evolution"]
@@ -230,9 +231,16 @@ def main(argv=None) -> int:
         args.generations, args.benchmark_generations, args.train_steps = 16, 10, 6
         args.quality = 24 if args.quality else 0
         args.seeds = args.seeds[:1]
-        args.out = os.path.join(tempfile.mkdtemp(prefix="legr_speed_smoke_"), "out")
-    elif not (os.path.exists(DATA) and os.path.exists(WEIGHTS)):
+        with tempfile.TemporaryDirectory(prefix="legr_speed_smoke_") as smoke_dir:  # nothing left behind
+            args.out = os.path.join(smoke_dir, "out")
+            return compare(args)
+    if not (os.path.exists(DATA) and os.path.exists(WEIGHTS)):
         raise SystemExit(f"needs {DATA} and {WEIGHTS} (or --smoke)")
+    return compare(args)
+
+
+def compare(args) -> int:
+    """Every run of the plan, one at a time, then the report."""
     os.makedirs(args.out, exist_ok=True)
     old = old_tree(args)
     start = time.perf_counter()
