@@ -9,7 +9,7 @@ from torch import nn
 
 from lightning_legr import LeGRPruner, prune
 from lightning_legr.core.errors import ConfigurationError
-from lightning_legr.core.latency import BenchmarkTimer, Timing, _LayerCalls, load_or_measure_table
+from lightning_legr.core.latency import BenchmarkTimer, Beside, Timing, _LayerCalls, load_or_measure_table
 from lightning_legr.core.surgery import pruning_record
 from lightning_legr.core.structure import Structure
 from tests.models import vgg_small
@@ -135,8 +135,6 @@ class DriftingTimer(NetworkTimer):
 
 
 def test_side_by_side_rounds_pair_up_so_the_machine_drift_cancels():
-    from lightning_legr.core.latency import Beside
-
     drifting = Beside(Timing.of([5.0, 6.0, 7.0, 8.0, 30.0]), Timing.of([10.0, 12.0, 14.0, 16.0, 60.0]))
     assert drifting.network.iqr_ms == 2.0 and drifting.ratio == 0.5 and drifting.spread == 0.0
     noisy = Beside(Timing.of([5.0, 5.5, 6.0]), Timing.of([10.0, 10.0, 10.0]))
@@ -203,10 +201,14 @@ def test_latency_budget_inputs_are_checked_before_any_timing():
     assert timer.calls == 0
 
 
+def _three_layers() -> nn.Module:
+    """A network small enough that the real timer's rounds take milliseconds."""
+    return nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
 def test_latency_budget_with_the_real_timer_on_a_tiny_net(tmp_path):
-    x = torch.randn(1, 3, 16, 16)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    x, net = torch.randn(1, 3, 16, 16), _three_layers()
     fast = BenchmarkTimer(rounds=3, min_run_time=0.005, warmup=0.005)
     cache = tmp_path / "latency_table.json"
     pruner = LeGRPruner(net, x, cost_options={"latency": {"timer": fast, "cache": cache}})
@@ -223,9 +225,7 @@ def test_latency_budget_with_the_real_timer_on_a_tiny_net(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on the CPU machines)")
 def test_latency_budget_on_cuda_is_timed_and_met_on_cuda(tmp_path):
-    x = torch.randn(1, 3, 16, 16, device="cuda")
-    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).cuda()
+    x, net = torch.randn(1, 3, 16, 16, device="cuda"), _three_layers().cuda()
     fast = BenchmarkTimer(rounds=3, min_run_time=0.005, warmup=0.005)
     cache = tmp_path / "latency_table.json"
     small = LeGRPruner(net, x, cost_options={"latency": {"timer": fast, "cache": cache}}).prune(latency=0.9)
