@@ -84,6 +84,8 @@ RECIPES = {
 }
 BN_IMAGES = 512  # training images that re-estimate a pruned network's BatchNorm statistics
 SEARCH_BN_IMAGES = 128  # the same, for each search candidate (cheaper)
+FORWARD_IMAGES = 100  # images per forward pass of a fast-search candidate: on 2 CPU cores a pruned ResNet-56 scores
+# an image 1.0-1.7 ms at batch 100 against 1.7-2.2 ms at 25 (the chunks are reported from per-image losses)
 
 
 # ---------------------------------------------------------------------- data
@@ -215,7 +217,9 @@ def fitness_function(val: Split, train: Split, tau: int, tau_lr: float, seed: in
 
     The fast search (tau = 0): ``fast`` prepares the recalibrated candidate (BatchNorm folded, channels_last;
     the same numbers to 1e-5) and ``chunk`` scores it in chunks of that many images, each reported to the
-    search (``fitness.search.observe``) so that early rejection can stop it."""
+    search (``fitness.search.observe``) so that early rejection can stop it. The images go through the
+    network in batches of whole chunks, about ``FORWARD_IMAGES`` at a time (``fitness.forwarded`` counts
+    them: a candidate stopped inside a batch was computed to its end)."""
     counter = {"n": 0}
 
     def fitness(pruned: nn.Module) -> float:
@@ -233,16 +237,20 @@ def fitness_function(val: Split, train: Split, tau: int, tau_lr: float, seed: in
             fast.decide(copy.deepcopy(pruned), next(val.batches(chunk or 500))[0])
         fast.prepare(pruned)
         layout = torch.channels_last if fast.decision["memory_format"] == "channels_last" else torch.contiguous_format
+        step = chunk or len(val)
         total, seen = 0.0, 0
         with torch.inference_mode():
-            for x, y in val.batches(chunk or len(val)):
-                loss = F.cross_entropy(pruned(x.contiguous(memory_format=layout)), y, reduction="sum").item()
-                total, seen = total + loss, seen + len(y)
-                if fitness.search is not None and fitness.search.observe(loss / len(y), len(y)):
-                    break  # stopped early: the search records its bound instead
+            for x, y in val.batches(step * max(1, FORWARD_IMAGES // step)):
+                losses = F.cross_entropy(pruned(x.contiguous(memory_format=layout)), y, reduction="none")
+                fitness.forwarded += len(y)
+                for part in losses.split(step):
+                    loss = part.sum().item()
+                    total, seen = total + loss, seen + len(part)
+                    if fitness.search is not None and fitness.search.observe(loss / len(part), len(part)):
+                        return total / seen  # stopped early: the search records its bound instead
         return total / seen
 
-    fitness.search = None
+    fitness.search, fitness.forwarded = None, 0
     return fitness
 
 
@@ -270,7 +278,8 @@ def legr_transform(model, x, search_budgets, val, train, generations, population
                   f" {time.perf_counter() - start:.0f} s", flush=True)
 
     transform = search.run(progress)
-    stats = dict(cache_hits=search.cache_hits, rejections=search.rejections, saved_images=search.saved) if fast else {}
+    stats = dict(cache_hits=search.cache_hits, rejections=search.rejections, saved_images=search.saved,
+                 forwarded_images=fitness.forwarded) if fast else {}
     return pruner, transform, time.perf_counter() - start, search.evolution.history, stats
 
 
@@ -435,7 +444,8 @@ def main(argv=None) -> int:
         print(f"{method} search (tau={tau}, {generations} generations, budgets {search_budgets}): {seconds / 60:.1f} min,"
               f" best fitness {transform.info['fitness']:.4f}"
               + (f"; {stats['cache_hits']} cached, {stats['rejections']} stopped early,"
-                 f" {stats['saved_images']:.0f} image evaluations saved" if stats else ""), flush=True)
+                 f" {stats['saved_images']:.0f} image evaluations saved ({stats['forwarded_images']} images through"
+                 " the candidates)" if stats else ""), flush=True)
         return lambda b: pruner.prune(b, transform)
 
     teacher = logits_of(model, train) if recipe.distill > 0 else None

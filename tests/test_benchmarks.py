@@ -52,6 +52,44 @@ def test_cifar10_benchmark_smoke(tmp_path, capsys, shared):
     assert "| budget | method |" in out
 
 
+def test_cifar10_fast_fitness_reports_every_chunk_from_whole_forward_batches():
+    """The fast search's fitness forwards about ``FORWARD_IMAGES`` at a time but reports chunks of ``chunk``
+    images, in order, each the chunk's own mean loss; a stop inside a batch ends the scoring there."""
+    import torch
+    from torch.nn import functional as F
+
+    from lightning_legr.core.fastpath import FastPath
+
+    bench = load("legr_cifar10")
+    train, val, _, _ = bench.load_data(True, os.path.join(ROOT, "no-such-data.tar.xz"))  # generated data
+    val = val.head(180)
+    torch.manual_seed(0)
+    model = bench.cifar_resnet(8, shortcut="A").eval()
+    reference = bench.recalibrate(bench.copy.deepcopy(model), train, 64).eval()
+    with torch.no_grad():  # every chunk of 25 on its own, the plain network
+        expected = [F.cross_entropy(reference(x), y).item() for x, y in val.batches(25)]
+    assert len(expected) == 8  # 7 of 25 and one of 5
+
+    class Search:
+        def __init__(self, stop_at=None):
+            self.seen, self.stop_at = [], stop_at
+
+        def observe(self, value, weight):
+            self.seen.append((value, weight))
+            return len(self.seen) == self.stop_at
+
+    fitness = bench.fitness_function(val, train, 0, 0.0, 0, 64, FastPath("channels_last"), chunk=25)
+    fitness.search = Search()
+    value = fitness(bench.copy.deepcopy(model))
+    assert [w for _, w in fitness.search.seen] == [25] * 7 + [5] and fitness.forwarded == 180  # batches 100, 80
+    assert max(abs(v - e) for (v, _), e in zip(fitness.search.seen, expected)) < 1e-5
+    assert abs(value - sum(e * n for e, n in zip(expected, [25] * 7 + [5])) / 180) < 1e-5
+
+    fitness.search, fitness.forwarded = Search(stop_at=3), 0
+    fitness(bench.copy.deepcopy(model))
+    assert len(fitness.search.seen) == 3 and fitness.forwarded == 100  # stopped inside the first batch
+
+
 def test_bn_recalibration_smoke(capsys, monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     assert load("bn_recalibration").main(["--smoke", "--images", "128", "--budgets", "0.5"]) == 0
@@ -124,4 +162,17 @@ def test_search_speed_smoke(capsys):
     assert "whole search, seed 1 (24 generations" in out and "whole searches, seeds [0, 1]" in out
     assert all(" 0 of them above the exact value" in line for line in out.splitlines() if "whole search," in line)
     assert "largest fitness difference over the 16 candidates 0.00e+00" in out and "difference 0.0e+00" in out
-    assert "one epoch of the unpruned network" in out and "400 generations: old" in out
+    assert "one epoch of the unpruned network" in out and "today's whole search: 12 generations in" in out
+    assert "s before these searches" in out and "s after" in out and "generations at the old code's rate" in out
+
+
+@pytest.mark.parametrize("only, epochs", [("benchmark", 3), ("own", 2)])
+def test_search_speed_smoke_benchmark_setting_only(capsys, only, epochs):
+    """``--only benchmark`` runs the two-epoch target's runs alone (an epoch timed before, between and after its
+    two whole searches), ``--only own`` the CIFAR-10 benchmark's own search alone: no paper-setting run."""
+    assert load("search_speed").main(["--smoke", "--only", only]) == 0
+    out = capsys.readouterr().out
+    assert "paper:full" not in out and "Paper setting" not in out
+    assert out.count("train:steps") == epochs and out.count("one epoch of the unpruned network") == epochs - 1
+    assert ("today's whole search: 12 generations in" in out) == (only == "benchmark")
+    assert "The CIFAR-10 benchmark's own search" in out and "today (the fast search): 12 generations in" in out
