@@ -30,7 +30,7 @@ from lightning_legr.core.fastpath import FastPath
 from lightning_legr.core.flops import count_flops, count_params
 from lightning_legr.core.latency import check_latency_budgets, latency_cost, meet_latency
 from lightning_legr.core.pruner import LeGRPruner
-from lightning_legr.core.rejection import EarlyRejection
+from lightning_legr.core.rejection import MIN_CHUNKS, EarlyRejection
 from lightning_legr.core.search import Generation, LeGRSearch, check_budgets
 from lightning_legr.core.selection import check_round_to, check_safeguard
 from lightning_legr.core.structure import check_layer_list, map_tensors
@@ -135,7 +135,7 @@ class LeGRCallback(Callback):
             the 3-sigma level, after at least a fifth of the fitness batches and at least 8), worse than the
             population member that tournaments pass over 99% of the time; its fitness is then recorded as that
             low estimate, marked as a bound (``legr/rejected``, ``legr/saved`` in the logs, ``rejected`` in
-            ``search_state.json``). The best candidate is always scored in full. Needs ``fitness_batches``:
+            ``search_state.json``). The best candidate is always scored in full. Needs ``fitness_batches`` > 8:
             they are kept in memory and scored in one random order (the same for every candidate), and
             ``monitor`` logged as a tensor in ``validation_step`` (``self.log(monitor, loss)``). The rule:
             docs/how-legr-works.md.
@@ -244,6 +244,11 @@ class LeGRCallback(Callback):
             raise ConfigurationError(
                 "`early_rejection=True` needs `fitness_batches` (e.g. 40): those batches are kept in memory and"
                 " scored in one random order, so that the first ones are a fair sample of them."
+            )
+        if early_rejection and fitness_batches <= MIN_CHUNKS:
+            raise ConfigurationError(
+                f"`early_rejection=True` stops a candidate only after {MIN_CHUNKS} of its `fitness_batches` with some"
+                f" left to skip: it needs `fitness_batches` > {MIN_CHUNKS} (e.g. 40), got {fitness_batches}"
             )
         self.early_rejection = early_rejection
         self.memory_format = FastPath(memory_format).memory_format  # refuses an unknown format
@@ -514,6 +519,13 @@ class LeGRCallback(Callback):
             fast_path=fast if self.tau == 0 else None, chunked=self.early_rejection,
         )
         rejection = EarlyRejection(score.chunk_sizes()) if self.early_rejection else None
+        if rejection is not None and len(rejection.sizes) <= rejection.min_chunks:
+            rank_zero_warn(
+                f"LeGRCallback(early_rejection=True): the validation data gives {len(rejection.sizes)} fitness batches"
+                f" of the {self.fitness_batches} asked for, and a candidate can be stopped only after"
+                f" {rejection.min_chunks} of them with some left: every candidate will be scored in full. Validate"
+                " in smaller batches, or on more of them, for early rejection to save anything."
+            )
         observe = (lambda value, weight: search.observe(sign * value, weight)) if rejection is not None else None
         unreadable_told = False
 

@@ -271,6 +271,7 @@ def test_finished_budgets_are_kept_on_rerun(tmp_path):
         (dict(flops=[0.5], memory_format="nhwc"), "`memory_format` can be auto, channels_last, contiguous"),
         (dict(flops=[0.5], early_rejection=1), "`early_rejection` must be True or False, got 1"),
         (dict(flops=[0.5], early_rejection=True), r"`early_rejection=True` needs `fitness_batches` \(e.g. 40\)"),
+        (dict(flops=[0.5], early_rejection=True, fitness_batches=8), r"needs `fitness_batches` > 8 \(e.g. 40\), got 8"),
         (dict(flops=[0.5], search_flops=[0.2, 2.0]), r"`search_flops` must be in \(0, 1\]"),
     ],
 )

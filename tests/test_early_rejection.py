@@ -77,3 +77,15 @@ def test_a_monitor_not_logged_batch_by_batch_is_scored_in_full_and_said(tmp_path
         trainer(tmp_path, [callback], max_epochs=1).fit(DigitsClassifier(width=8), datamodule=data())
     state = json.loads((tmp_path / "legr" / "search_state.json").read_text())
     assert not any(r.get("rejected") for r in state["generations"])
+
+
+def test_too_few_fitness_batches_for_a_stop_are_reported_not_ignored(tmp_path):
+    """20 fitness batches asked for, but the validation loader gives 6 (360 images at 64): no candidate could
+    be stopped, and the user is told so instead of early rejection silently doing nothing."""
+    settings = dict(SETTINGS, generations=6, population=4, sample_size=2)
+    callback = LeGRCallback(dirpath=str(tmp_path / "legr"), **settings)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"gives 6 fitness batches of the 20 asked for.*every candidate will be scored"):
+        trainer(tmp_path, [callback], max_epochs=1).fit(DigitsClassifier(width=8), datamodule=DigitsDataModule(batch_size=64))
+    state = json.loads((tmp_path / "legr" / "search_state.json").read_text())
+    assert len(state["early_rejection"]["sizes"]) == 6 and not any(r.get("rejected") for r in state["generations"])
