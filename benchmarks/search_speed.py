@@ -384,8 +384,8 @@ def epochs(seconds: float, before: dict, after: dict) -> str:
             f" {seconds / min(before['epoch'], after['epoch']):.2f} by either epoch)")
 
 
-def report_epoch(name: str, before: dict, after: dict) -> None:
-    print(f"one epoch of the unpruned network: {before['epoch']:.0f} s before {name}, {after['epoch']:.0f} s after"
+def report_epoch(before: dict, after: dict) -> None:
+    print(f"one epoch of the unpruned network: {before['epoch']:.0f} s before these searches, {after['epoch']:.0f} s after"
           f" ({before['per_step'] * 1000:.0f} and {after['per_step'] * 1000:.0f} ms per step of 128)")
 
 
@@ -397,7 +397,7 @@ def report_callback(runs: dict, before: dict, after: dict) -> None:
     epoch = (before["epoch"] + after["epoch"]) / 2
     print("\nBenchmark setting through LeGRCallback: 500 images, budgets 0.3 and 0.47, BatchNorm on 100 images")
     print(f"first {n} generations: old code {old_rate:.3f} s/gen, today {first_rate:.3f} s/gen ({old_rate / first_rate:.2f}x)")
-    report_epoch("these searches", before, after)
+    report_epoch(before, after)
     print(f"today's whole search: {gens} generations in {whole:.0f} s ({whole / gens:.3f} s/gen, {bnew['cached']} cached)"
           f" = {epochs(whole, before, after)}; {gens} generations at the old code's rate: {gens * old_rate / epoch:.2f} epochs")
     print(f"fast path: {json.dumps(bnew['notes'].get('fast_path', {}))}")
@@ -411,7 +411,7 @@ def report_own(runs: dict, before: dict, after: dict) -> None:
     epoch = (before["epoch"] + after["epoch"]) / 2
     print("\nThe CIFAR-10 benchmark's own search (benchmarks/legr_cifar10.py's legr: 500 images, budgets 0.3 and 0.47,"
           " BatchNorm on 128 images)")
-    report_epoch("these searches", before, after)
+    report_epoch(before, after)
     print(f"old code (its plain search): {old_rate:.3f} s/gen over {own_old['generations']} generations; today (the fast"
           f" search): {gens} generations in {whole:.0f} s ({whole / gens:.3f} s/gen; {own['cached']} cached,"
           f" {own['rejected']} stopped early, {own['forwarded_images']} images through the candidates)"

@@ -245,7 +245,7 @@ class LeGRCallback(Callback):
                 "`early_rejection=True` needs `fitness_batches` (e.g. 40): those batches are kept in memory and"
                 " scored in one random order, so that the first ones are a fair sample of them."
             )
-        if early_rejection and fitness_batches <= MIN_CHUNKS:
+        if early_rejection and not EarlyRejection([1] * fitness_batches).can_stop:
             raise ConfigurationError(
                 f"`early_rejection=True` stops a candidate only after {MIN_CHUNKS} of its `fitness_batches` with some"
                 f" left to skip: it needs `fitness_batches` > {MIN_CHUNKS} (e.g. 40), got {fitness_batches}"
@@ -519,7 +519,7 @@ class LeGRCallback(Callback):
             fast_path=fast if self.tau == 0 else None, chunked=self.early_rejection,
         )
         rejection = EarlyRejection(score.chunk_sizes()) if self.early_rejection else None
-        if rejection is not None and len(rejection.sizes) <= rejection.min_chunks:
+        if rejection is not None and not rejection.can_stop:
             rank_zero_warn(
                 f"LeGRCallback(early_rejection=True): the validation data gives {len(rejection.sizes)} fitness batches"
                 f" of the {self.fitness_batches} asked for, and a candidate can be stopped only after"

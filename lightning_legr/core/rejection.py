@@ -105,6 +105,11 @@ class EarlyRejection:
         self.paired = bool(paired)
         self.min_chunks = max(MIN_CHUNKS, math.ceil(min_share * len(sizes)))
 
+    @property
+    def can_stop(self) -> bool:
+        """Whether any candidate can be stopped: only after ``min_chunks`` chunks, with some left to skip."""
+        return len(self.sizes) > self.min_chunks
+
     def settings(self) -> dict:
         """The rule and the chunks, for the search state: a resumed search must stop candidates the same way."""
         settings = {"sizes": self.sizes, "z": self.z, "min_share": self.min_share, "share": self.share}

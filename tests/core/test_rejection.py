@@ -250,3 +250,11 @@ def test_cached_repeats_of_a_rejected_candidate_stay_marked(pruner, reference):
             assert "seen" not in record  # stopped the first time; this one was not scored at all
     state = search.state_dict()
     assert sum(1 for e in state["fitness_cache"] if e.get("bound")) == len(bounds)
+
+
+@pytest.mark.parametrize("chunks, can", [(8, False), (9, True), (40, True)])
+def test_a_rule_can_stop_only_with_chunks_left_after_its_minimum(chunks, can):
+    rule = EarlyRejection([10] * chunks)
+    assert rule.can_stop is can
+    watch = rule.watch(threshold=0.0)  # every candidate far worse than the threshold
+    assert any(watch.observe(5.0 + (i % 2), 10) for i in range(chunks)) is can
